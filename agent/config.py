@@ -1,0 +1,454 @@
+"""``agent.ini`` into typed, frozen settings; every bad value is refused with file, section and key.
+
+Lookup order: ``-c``, else ``$SENSORKIT_CONFIG``, else ``/etc/sensorkit/agent.ini``, else
+``./agent.ini``. The shipped ``agent.ini`` documents every key read here.
+"""
+
+from __future__ import annotations
+
+import configparser
+import logging
+import os
+import re
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from agent.lineprotocol import check_tag_value, check_text
+
+log = logging.getLogger("sensorkit.config")
+
+SYSTEM_CONFIG = Path("/etc/sensorkit/agent.ini")
+BACKENDS = ("hardware", "simulated")
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A bad or missing setting; the CLI prints it and exits 2."""
+
+
+@dataclass(frozen=True)
+class KitSettings:
+    project: str
+    serial: str
+    label: str
+    geolocation: str
+    description: str
+    interval: int
+    state_dir: Path
+
+
+@dataclass(frozen=True)
+class SensorSettings:
+    """What every sensor section has, plus the driver's own keyword options."""
+
+    name: str
+    enabled: bool
+    backend: str
+    fields: tuple[str, ...]
+    calibration: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    options: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WeatherSettings:
+    """The simulated sensors' weather model ([simulated] section)."""
+
+    temperature: float = 15.0
+    temperature_swing: float = 6.0
+    humidity: float = 70.0
+    humidity_swing: float = 15.0
+    pressure: float = 1013.25
+    seed: int = 1
+
+
+@dataclass(frozen=True)
+class InfluxSettings:
+    enabled: bool
+    url: str
+    database: str
+    username: str
+    password: str = field(repr=False)
+    timeout: float
+    tls_verify: bool
+    ca_file: str
+    create_database: bool
+    batch_size: int
+    batch_kb: int
+    gzip: bool
+    sync_interval: float
+    queue_max_mb: float
+    retry_max: float
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    enabled: bool
+    file: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: Path
+    kit: KitSettings
+    sensors: tuple[SensorSettings, ...]
+    weather: WeatherSettings
+    influx: InfluxSettings
+    console: ConsoleSettings
+
+
+def find_config(explicit: str | None) -> Path:
+    """The config file to use, by design.md's lookup order."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("SENSORKIT_CONFIG"):
+        return Path(os.environ["SENSORKIT_CONFIG"])
+    if SYSTEM_CONFIG.exists():
+        return SYSTEM_CONFIG
+    return Path("agent.ini")
+
+
+class _Section:
+    """Typed access to one INI section; remembers which keys were read, to flag typos."""
+
+    def __init__(self, path: Path, parser: configparser.ConfigParser, name: str) -> None:
+        self.path = path
+        self.name = name
+        self.values = dict(parser[name]) if parser.has_section(name) else {}
+        self.read: set[str] = set()
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.path} [{self.name}] {key}: {problem}")
+
+    def raw(self, key: str) -> str | None:
+        self.read.add(key)
+        value = self.values.get(key)
+        return None if value is None else value.strip()
+
+    def text(self, key: str, default: str = "", *, tag: bool = False) -> str:
+        value = self.raw(key)
+        value = default if value is None or value == "" else value
+        problem = check_tag_value(value) if tag else check_text(value)
+        if problem:
+            raise self.fail(key, f"{value!r} {problem}; change the text")
+        return value
+
+    def number(
+        self,
+        key: str,
+        default: T,
+        kind: Callable[[str], T],
+        low: float | None = None,
+        high: float | None = None,
+        unit: str = "",
+    ) -> T:
+        value = self.raw(key)
+        if value is None or value == "":
+            return default
+        allowed = _range_text(low, high, unit, kind)
+        try:
+            number = kind(value)
+        except ValueError:
+            noun = "a whole number" if kind is int else "a number"
+            raise self.fail(key, f"{value!r} is not {noun}; allowed: {allowed}") from None
+        if (low is not None and number < low) or (high is not None and number > high):  # type: ignore[operator]
+            raise self.fail(key, f"{value!r} is out of range; allowed: {allowed}")
+        return number
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.raw(key)
+        if value is None or value == "":
+            return default
+        lowered = value.lower()
+        if lowered in configparser.ConfigParser.BOOLEAN_STATES:
+            return configparser.ConfigParser.BOOLEAN_STATES[lowered]
+        raise self.fail(key, f"{value!r} is not a yes/no value; allowed: yes, no, true, false")
+
+    def choice(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = (self.raw(key) or default).lower()
+        if value not in allowed:
+            raise self.fail(key, f"{value!r} is not allowed; allowed: {', '.join(allowed)}")
+        return value
+
+    def names(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.raw(key)
+        if not value:
+            return default
+        names = tuple(value.replace(",", " ").split())
+        if len(names) != len(default):
+            raise self.fail(
+                key,
+                f"{value!r} names {len(names)} fields; give {len(default)}, like "
+                f"{' '.join(default)!r}",
+            )
+        for name in names:
+            if check_tag_value(name) or name == "time" or name.startswith("_"):
+                raise self.fail(key, f"{name!r} cannot be an InfluxDB field name")
+        return names
+
+    def calibrations(self, fields: tuple[str, ...]) -> dict[str, tuple[float, ...]]:
+        """``calibration.<field> = a0 a1 ...``: value = a0 + a1*x + a2*x**2 + ..."""
+        out = {}
+        for key in self.values:
+            if not key.startswith("calibration."):
+                continue
+            name = key.removeprefix("calibration.")
+            if name not in fields:
+                raise self.fail(key, f"{name!r} is not a field of [{self.name}] ({fields})")
+            text = self.raw(key) or ""
+            try:
+                coefficients = tuple(float(c) for c in text.replace(",", " ").split())
+            except ValueError:
+                coefficients = ()
+            if not coefficients:
+                raise self.fail(
+                    key, f"{text!r} is not a list of numbers; give a0 a1 ... for a0 + a1*x + ..."
+                )
+            out[name] = coefficients
+        return out
+
+    def check_unknown(self) -> None:
+        unknown = sorted(set(self.values) - self.read)
+        if unknown:
+            known = ", ".join(sorted(self.read)) or "none"
+            raise self.fail(unknown[0], f"unknown key; known keys here: {known}")
+
+
+def _range_text(low: float | None, high: float | None, unit: str, kind: Callable) -> str:
+    what = "whole numbers" if kind is int else "numbers"
+    suffix = f" {unit}" if unit else ""
+    if low is not None and high is not None:
+        return f"{what} from {low:g} to {high:g}{suffix}"
+    if low is not None:
+        return f"{what} {low:g} or more{suffix}"
+    return what
+
+
+def _address(text: str) -> int:
+    if text.lower() == "auto":
+        return 0
+    return int(text, 0)
+
+
+def cpu_serial() -> str:
+    """The Raspberry Pi's CPU serial; off a Pi, the first 16 digits of the machine id."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("Serial") and ":" in line:
+                return line.split(":", 1)[1].strip().lstrip("0") or "0"
+    except OSError:
+        pass
+    try:
+        return Path("/etc/machine-id").read_text().strip()[:16]
+    except OSError:
+        return "unknown"
+
+
+def default_state_dir() -> Path:
+    if os.environ.get("STATE_DIRECTORY"):  # set by systemd's StateDirectory=
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/sensorkit")
+    return Path.home() / ".local" / "state" / "sensorkit"
+
+
+_GEO = re.compile(r"^\s*(-?\d+(\.\d+)?)\s*,\s*(-?\d+(\.\d+)?)\s*(,\s*(-?\d+(\.\d+)?)\s*)?$")
+
+
+def _kit(section: _Section, base: Path) -> KitSettings:
+    project = section.text("project")
+    if not project:
+        raise section.fail("project", "is required; the network's project code, e.g. BdP")
+    serial = section.text("serial") or cpu_serial()
+    for key, value in (("project", project), ("serial", serial)):
+        if any(c in value for c in '/\\" '):
+            raise section.fail(key, f"{value!r}: no spaces, '/', '\\' or '\"' (names a database)")
+    geolocation = section.text("geolocation", tag=True)
+    if geolocation:
+        match = _GEO.match(geolocation)
+        if not match or abs(float(match[1])) > 90 or abs(float(match[3])) > 180:
+            raise section.fail(
+                "geolocation",
+                f"{geolocation!r} is not lat,lon[,alt]; allowed: decimal degrees, latitude "
+                "-90..90, longitude -180..180, altitude in metres, e.g. 51.420635,6.1356117,22.9",
+            )
+        geolocation = ",".join(part.strip() for part in geolocation.split(","))
+    state_dir_text = section.text("state_dir")
+    state_dir = base / state_dir_text if state_dir_text else default_state_dir()
+    return KitSettings(
+        project=project,
+        serial=serial,
+        label=section.text("label", tag=True),
+        geolocation=geolocation,
+        description=section.text("description"),
+        interval=section.number("interval", 60, int, 1, None, "seconds"),
+        state_dir=state_dir,
+    )
+
+
+def _sensor(
+    section: _Section, fields: tuple[str, ...], options: dict[str, object]
+) -> SensorSettings:
+    names = section.names("fields", fields)
+    return SensorSettings(
+        name=section.name,
+        enabled=section.flag("enabled", False),
+        backend=section.choice("backend", "hardware", BACKENDS),
+        fields=names,
+        calibration=section.calibrations(names),
+        options=options,
+    )
+
+
+def _dylos(s: _Section) -> SensorSettings:
+    replay = s.text("replay")
+    return _sensor(
+        s,
+        ("pm_25", "pm_10"),
+        {
+            "port": s.text("port", "/dev/ttyUSB0"),
+            "replay": replay or None,
+            "speedup": s.number("speedup", 60.0, float, 0.001, None),
+            "mass": s.flag("mass", False),
+        },
+    )
+
+
+def _dht22(s: _Section) -> SensorSettings:
+    return _sensor(
+        s,
+        ("dtemp", "drh"),
+        {
+            "pin": s.number("pin", 4, int, 0, 27, "(BCM GPIO number)"),
+            "poll_interval": s.number("interval", 5.0, float, 2.0, None, "seconds"),
+            "checksum_error_rate": s.number("sim_checksum_error_rate", 0.0, float, 0, 1),
+            "short_train_rate": s.number("sim_short_train_rate", 0.0, float, 0, 1),
+            "absent": s.flag("sim_absent", False),
+        },
+    )
+
+
+def _bme280(s: _Section) -> SensorSettings:
+    address_text = s.raw("address") or "auto"
+    try:
+        address = _address(address_text)
+    except ValueError:
+        address = -1
+    if address not in (0, 0x76, 0x77):
+        raise s.fail("address", f"{address_text!r} is not allowed; allowed: 0x76, 0x77, auto")
+    oversampling = s.number("oversampling", 1, int, 1, 16)
+    if oversampling not in (1, 2, 4, 8, 16):
+        raise s.fail("oversampling", f"{oversampling} is not allowed; allowed: 1, 2, 4, 8, 16")
+    return _sensor(
+        s,
+        ("temp", "rh", "hpa"),
+        {
+            "bus": s.number("bus", 1, int, 0, 99),
+            "address": address or None,
+            "oversampling": oversampling,
+            "poll_interval": s.number("interval", 10.0, float, 1.0, None, "seconds"),
+        },
+    )
+
+
+def _influx(s: _Section, path: Path) -> InfluxSettings:
+    url = s.text("url", "http://localhost:8086")
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise s.fail("url", f"{url!r} is not allowed; allowed: http://host:port or https://...")
+    password = s.raw("password") or ""
+    password_file = s.text("password_file")
+    if password and password_file:
+        raise s.fail("password_file", "set either password or password_file, not both")
+    if password_file:
+        pw_path = path.parent / password_file
+        try:
+            password = pw_path.read_text().strip()
+        except OSError as err:
+            raise s.fail("password_file", f"cannot read {pw_path}: {err.strerror}") from None
+        _warn_if_readable(pw_path, "password_file")
+    elif password:
+        _warn_if_readable(path, "password")
+    username = s.text("username")
+    if password and not username:
+        raise s.fail("username", "is required when a password is set")
+    return InfluxSettings(
+        enabled=s.flag("enabled", True),
+        url=url,
+        database=s.text("database"),
+        username=username,
+        password=password,
+        timeout=s.number("timeout", 10.0, float, 0.1, 600, "seconds"),
+        tls_verify=s.flag("tls_verify", True),
+        ca_file=s.text("ca_file"),
+        create_database=s.flag("create_database", True),
+        batch_size=s.number("batch_size", 5000, int, 1, 100000, "points"),
+        batch_kb=s.number("batch_kb", 4096, int, 1, 1_000_000, "KiB"),
+        gzip=s.flag("gzip", True),
+        sync_interval=s.number("sync_interval", 10.0, float, 0.0, 3600, "seconds"),
+        queue_max_mb=s.number("queue_max_mb", 64.0, float, 0.01, 1_000_000, "MB"),
+        retry_max=s.number("retry_max", 60.0, float, 1, 86400, "seconds"),
+    )
+
+
+def _warn_if_readable(path: Path, key: str) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & stat.S_IROTH:
+        log.warning(
+            "%s holds the InfluxDB password ([influx] %s) and every user can read it; "
+            "run: chmod o-r %s",
+            path,
+            key,
+            path,
+        )
+
+
+def load(path: Path) -> Settings:
+    """Read and check ``path``; raises ConfigError naming file, section and key."""
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such file; pass -c FILE, set SENSORKIT_CONFIG, or copy the shipped "
+            "agent.ini there"
+        ) from None
+    except (configparser.Error, UnicodeDecodeError, OSError) as err:
+        raise ConfigError(f"{path}: cannot read it: {err}") from None
+    known = {"kit", "dylos", "dht22", "bme280", "simulated", "influx", "console", "subscriber"}
+    for name in parser.sections():
+        if name not in known:
+            raise ConfigError(
+                f"{path} [{name}]: unknown section; known: {', '.join(sorted(known))}"
+            )
+    sections = {name: _Section(path, parser, name) for name in known}
+    base = path.resolve().parent
+    kit = _kit(sections["kit"], base)
+    sensors = (
+        _dylos(sections["dylos"]),
+        _dht22(sections["dht22"]),
+        _bme280(sections["bme280"]),
+    )
+    sim = sections["simulated"]
+    weather = WeatherSettings(
+        temperature=sim.number("temperature", 15.0, float, -40, 80, "C"),
+        temperature_swing=sim.number("temperature_swing", 6.0, float, 0, 40, "C"),
+        humidity=sim.number("humidity", 70.0, float, 0, 100, "%"),
+        humidity_swing=sim.number("humidity_swing", 15.0, float, 0, 50, "%"),
+        pressure=sim.number("pressure", 1013.25, float, 300, 1100, "hPa"),
+        seed=sim.number("seed", 1, int),
+    )
+    influx = _influx(sections["influx"], path)
+    console = sections["console"]
+    console_settings = ConsoleSettings(
+        enabled=console.flag("enabled", False), file=console.text("file", "-")
+    )
+    for name, section in sections.items():
+        if name != "subscriber":
+            section.check_unknown()
+    return Settings(path, kit, sensors, WeatherSettings(**vars(weather)), influx, console_settings)

@@ -1,0 +1,231 @@
+"""A small InfluxDB 1.x HTTP client: ``/write`` at second precision, ``/query``, ``/ping``.
+
+Built on :mod:`http.client` with one kept-alive connection, so it needs no third-party
+package on the Pi. Credentials travel in a Basic ``Authorization`` header, never in a URL, so
+they cannot leak into a log line. HTTPS verifies certificates unless ``verify_tls`` is off.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import http.client
+import json
+import logging
+import socket
+import ssl
+import urllib.parse
+from dataclasses import dataclass
+
+log = logging.getLogger("sensorkit.influx")
+
+
+class InfluxError(Exception):
+    """A request that did not succeed. ``status`` is None when no HTTP answer came."""
+
+    def __init__(self, message: str, status: int | None = None, server_message: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.server_message = server_message
+
+    @property
+    def retryable(self) -> bool:
+        """True for what design.md says to retry with backoff: network, timeout, 5xx, 429."""
+        return self.status is None or self.status >= 500 or self.status == 429
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    def server_message(self) -> str:
+        try:
+            return str(json.loads(self.body).get("error", "")) or self.body.decode()[:300]
+        except (ValueError, AttributeError):
+            return self.body.decode("utf-8", "replace")[:300]
+
+
+def quote_ident(name: str) -> str:
+    """An InfluxQL identifier in double quotes (database and user names)."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class InfluxClient:
+    """One InfluxDB server at ``url`` as one user. Not thread-safe: one thread per client."""
+
+    def __init__(
+        self,
+        url: str,
+        username: str = "",
+        password: str = "",
+        timeout: float = 10.0,
+        verify_tls: bool = True,
+        ca_file: str = "",
+        compress: bool = True,
+    ) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        self.url = url.rstrip("/")
+        self.username = username
+        self.timeout = timeout
+        self.compress = compress
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._prefix = parts.path.rstrip("/")
+        self._https = parts.scheme == "https"
+        self._context: ssl.SSLContext | None = None
+        if self._https:
+            self._context = ssl.create_default_context(cafile=ca_file or None)
+            if not verify_tls:
+                self._context.check_hostname = False
+                self._context.verify_mode = ssl.CERT_NONE
+        self._auth = ""
+        if username:
+            token = base64.b64encode(f"{username}:{password}".encode()).decode()
+            self._auth = f"Basic {token}"
+        self._conn: http.client.HTTPConnection | None = None
+
+    def who(self) -> str:
+        """User and server, for messages (never the password)."""
+        user = f"user {self.username!r}" if self.username else "no user (auth off)"
+        return f"{user} at {self.url}"
+
+    # -- requests -------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str],
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        """One HTTP exchange; InfluxError(status=None) when no answer came."""
+        target = f"{self._prefix}{path}?{urllib.parse.urlencode(params)}"
+        send_headers = dict(headers or {})
+        if self._auth:
+            send_headers["Authorization"] = self._auth
+        for attempt in (1, 2):
+            fresh = self._conn is None
+            conn = self._connection()
+            try:
+                conn.request(method, target, body=body, headers=send_headers)
+                answer = conn.getresponse()
+                data = answer.read()
+            except TimeoutError:
+                self.close()
+                raise InfluxError(
+                    f"InfluxDB at {self.url} did not answer within {self.timeout:g} s"
+                ) from None
+            except (OSError, http.client.HTTPException) as err:
+                self.close()
+                # A kept-alive connection the server closed meanwhile: retry once, fresh.
+                if attempt == 1 and not fresh:
+                    continue
+                raise InfluxError(f"cannot reach InfluxDB at {self.url}: {_reason(err)}") from None
+            if answer.getheader("Connection", "").lower() == "close":
+                self.close()
+            return Response(answer.status, data, {k.lower(): v for k, v in answer.getheaders()})
+        raise AssertionError("unreachable")
+
+    def write(self, database: str, body: bytes, retention_policy: str = "") -> None:
+        """POST line protocol at ``precision=s``; raises InfluxError unless the server said 204."""
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if self.compress:
+            body = gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
+        params = {"db": database, "precision": "s"}
+        if retention_policy:
+            params["rp"] = retention_policy
+        answer = self.request("POST", "/write", params, body, headers)
+        if answer.status != 204:
+            raise InfluxError(
+                self._explain(answer, f"writing to database {database!r}"),
+                answer.status,
+                answer.server_message(),
+            )
+
+    def query(self, statement: str, database: str = "", post: bool = False) -> list[dict]:
+        """Run InfluxQL; returns the ``results`` list; InfluxError on any error in it."""
+        params = {"q": statement, "epoch": "s"}
+        if database:
+            params["db"] = database
+        answer = self.request("POST" if post else "GET", "/query", params)
+        if answer.status != 200:
+            raise InfluxError(
+                self._explain(answer, f"running {statement!r}"),
+                answer.status,
+                answer.server_message(),
+            )
+        results = json.loads(answer.body).get("results", [])
+        for result in results:
+            if "error" in result:
+                raise InfluxError(
+                    f"InfluxDB at {self.url} refused {statement!r}: {result['error']}",
+                    answer.status,
+                    result["error"],
+                )
+        return results
+
+    def databases(self) -> list[str]:
+        results = self.query("SHOW DATABASES")
+        series = results[0].get("series", []) if results else []
+        return [row[0] for s in series for row in s.get("values", [])]
+
+    def create_database(self, name: str) -> None:
+        self.query(f"CREATE DATABASE {quote_ident(name)}", post=True)
+
+    def ping(self) -> str:
+        """The server's version; InfluxError if it does not answer."""
+        answer = self.request("GET", "/ping", {})
+        return answer.headers.get("x-influxdb-version", "unknown")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            if self._https:
+                self._conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self.timeout, context=self._context
+                )
+            else:
+                self._conn = http.client.HTTPConnection(
+                    self._host, self._port, timeout=self.timeout
+                )
+        return self._conn
+
+    def _explain(self, answer: Response, doing: str) -> str:
+        said = answer.server_message()
+        if answer.status == 401:
+            return (
+                f"InfluxDB refused {self.who()} while {doing} (401 {said}); "
+                "check [influx] username and password"
+            )
+        if answer.status == 403:
+            return (
+                f"InfluxDB at {self.url} does not allow user {self.username!r} {doing} "
+                f"(403 {said}); an admin can grant it with GRANT WRITE ON <database> TO "
+                f"{quote_ident(self.username)}"
+            )
+        return f"InfluxDB at {self.url} answered {answer.status} while {doing}: {said}"
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return (
+            f"certificate not trusted ({err.verify_message}); set [influx] ca_file, "
+            "or tls_verify = no to turn checking off"
+        )
+    if isinstance(err, socket.gaierror):
+        return f"host name not found ({err.strerror})"
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused (is influxd running?)"
+    return str(err) or type(err).__name__

@@ -1,0 +1,219 @@
+"""``sensorkit run``: sensors poll on their own threads, windows close every ``interval``.
+
+Each enabled sensor gets a thread that opens it (retrying with backoff if it is missing),
+then reads it on its own cadence and hands readings to the aggregator. The main thread closes
+a window every ``interval`` seconds (aligned to whole multiples of it), sends the ident when it
+changed and the window's data telegram to every output, and keeps a status snapshot fresh.
+A sensor that keeps failing is reported while the others carry on; its fields are simply
+absent from the data telegrams.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from agent import __version__
+from agent.aggregator import Aggregator, SensorFields, build_ident
+from agent.config import SensorSettings, Settings
+from agent.outputs import Output
+from agent.sensors import open_sensor
+from agent.status import snapshot_path, write_snapshot
+from agent.telegram import Ident, Telegram
+from drivers.reading import Sensor, SensorError
+
+log = logging.getLogger("sensorkit.agent")
+
+FAILING_AFTER = 3  # consecutive failed reads before a sensor is reported as failing
+REOPEN_MAX = 60.0  # seconds between attempts to open a sensor that is not there
+SNAPSHOT_EVERY = 5.0
+
+
+@dataclass
+class SensorHealth:
+    """A sensor's recent record, for ``status`` and for log-once messages."""
+
+    state: str = "starting"  # starting | ok | failing | disconnected
+    readings: int = 0
+    last_reading: float | None = None
+    last_error: str | None = None
+    failures: int = 0
+    implausible: int = 0
+
+    def succeeded(self, name: str, count: int) -> None:
+        if self.state in ("failing", "disconnected"):
+            log.info("%s is back: %d readings", name, count)
+        self.state, self.failures, self.last_error = "ok", 0, None
+        self.readings += count
+        self.last_reading = time.time()
+
+    def failed(self, name: str, message: str) -> None:
+        self.failures += 1
+        self.last_error = message
+        if self.failures == FAILING_AFTER:
+            self.state = "failing"
+            log.error("%s keeps failing (%d times in a row): %s", name, self.failures, message)
+        elif self.failures < FAILING_AFTER:
+            log.warning("%s: %s", name, message)
+
+
+class SensorLoop(threading.Thread):
+    """Opens one sensor and polls it until ``stop`` is set."""
+
+    def __init__(self, settings: Settings, sensor: SensorSettings, agent: Agent) -> None:
+        super().__init__(name=f"sensor-{sensor.name}", daemon=True)
+        self.config = settings
+        self.settings = sensor
+        self.agent = agent
+        self.health = SensorHealth()
+        self.sensor: Sensor | None = None
+
+    def open(self) -> bool:
+        try:
+            self.sensor = open_sensor(self.settings, self.config.weather)
+        except (SensorError, OSError, ValueError, RuntimeError) as err:
+            self.health.failed(self.settings.name, str(err))
+            return False
+        self.agent.aggregator.register(
+            SensorFields(self.settings.name, self.sensor.fields, self.settings.calibration)
+        )
+        log.info("%s: opened (%s backend)", self.settings.name, self.settings.backend)
+        return True
+
+    def run(self) -> None:
+        stop = self.agent.stop
+        delay = 1.0
+        while self.sensor is None and not stop.is_set():
+            if self.open():
+                break
+            stop.wait(delay)
+            delay = min(delay * 2, REOPEN_MAX)
+        while not stop.is_set() and self.sensor is not None:
+            started = time.monotonic()
+            self.poll(self.sensor)
+            wait = self.sensor.poll_interval - (time.monotonic() - started)
+            if self.health.state == "failing":
+                wait = max(wait, min(REOPEN_MAX, 2.0**self.health.failures))
+            if wait > 0:
+                stop.wait(wait)
+
+    def poll(self, sensor: Sensor) -> None:
+        try:
+            readings = sensor.read()
+        except SensorError as err:
+            self.health.failed(self.settings.name, str(err))
+            return
+        except Exception as err:  # a driver bug must not take the other sensors down
+            log.exception("%s: unexpected error while reading", self.settings.name)
+            self.health.failed(self.settings.name, f"unexpected {type(err).__name__}: {err}")
+            return
+        self.health.implausible = getattr(sensor, "implausible", 0)
+        if readings:
+            self.agent.aggregator.add(readings)
+            self.health.succeeded(self.settings.name, len(readings))
+        elif getattr(sensor, "connected", True) is False:
+            self.health.state = "disconnected"
+            self.health.last_error = getattr(sensor, "last_error", None)
+
+    def close(self) -> None:
+        if self.sensor is not None:
+            try:
+                self.sensor.close()
+            except Exception:  # closing is best effort at shutdown
+                log.exception("%s: error while closing", self.settings.name)
+
+
+class Agent:
+    """Wires enabled sensors -> aggregator -> outputs and runs the window clock."""
+
+    def __init__(self, settings: Settings, outputs: list[Output]) -> None:
+        self.settings = settings
+        self.outputs = outputs
+        enabled = [s for s in settings.sensors if s.enabled]
+        self.aggregator = Aggregator(order=[s.name for s in enabled])
+        self.stop = threading.Event()
+        self.loops = [SensorLoop(settings, s, self) for s in enabled]
+        self._ident: Ident | None = None
+        self._snapshot = snapshot_path(settings.kit.state_dir)
+        self._last_end = 0
+
+    def run(self) -> int:
+        """Run until :attr:`stop` is set; returns the exit code."""
+        if not self.loops:
+            log.warning("no sensor is enabled in %s; only idents will be sent", self.settings.path)
+        for loop in self.loops:
+            loop.open()  # open synchronously first, so the first ident lists what is there
+        for output in self.outputs:
+            output.start()
+        self._send_ident_if_changed()
+        for loop in self.loops:
+            loop.start()
+        interval = self.settings.kit.interval
+        try:
+            while not self.stop.is_set():
+                end = (int(time.time()) // interval + 1) * interval
+                while not self.stop.is_set() and time.time() < end:
+                    self.write_snapshot()
+                    self.stop.wait(min(SNAPSHOT_EVERY, max(0.0, end - time.time())))
+                if self.stop.is_set():
+                    break
+                self.close_window(end)
+        finally:
+            self.stop.set()
+            self.close_window(max(int(time.time()), self._last_end + 1))  # keep the partial window
+            for loop in self.loops:
+                loop.join(timeout=5)
+                loop.close()
+            for output in self.outputs:
+                output.close()
+            self.write_snapshot(final=True)
+        return 0
+
+    def close_window(self, end: int) -> None:
+        self._send_ident_if_changed()
+        data = self.aggregator.close_window(end)
+        if data is not None:
+            self._last_end = end
+            self._send(data)
+
+    def _send_ident_if_changed(self) -> None:
+        kit = self.settings.kit
+        ident = build_ident(kit, self.aggregator.sensors, version=__version__)
+        if ident != self._ident:
+            self._ident = ident
+            self._send(ident)
+
+    def _send(self, telegram: Telegram) -> None:
+        for output in self.outputs:
+            try:
+                output.send(telegram)
+            except Exception:  # one broken output must not stop the others
+                log.exception("output %s could not take a telegram", output.name)
+
+    def status(self) -> dict[str, object]:
+        sensors = {}
+        for loop in self.loops:
+            health = asdict(loop.health)
+            health["backend"] = loop.settings.backend
+            sensors[loop.settings.name] = health
+        return {
+            "pid": os.getpid(),
+            "time": time.time(),
+            "config": str(self.settings.path),
+            "outputs": {o.name: o.status() for o in self.outputs},
+            "sensors": sensors,
+            "implausible": dict(self.aggregator.implausible),
+        }
+
+    def write_snapshot(self, final: bool = False) -> None:
+        try:
+            status = self.status()
+            if final:
+                status["pid"] = None
+            write_snapshot(self._snapshot, status)
+        except OSError as err:
+            log.debug("status snapshot %s not written: %s", Path(self._snapshot), err)

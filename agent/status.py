@@ -1,0 +1,127 @@
+"""``sensorkit status``: what the running agent last reported, else what its queues hold on disk.
+
+The running agent writes a small JSON snapshot every few seconds to a RAM-backed runtime
+directory (``/run/sensorkit`` under systemd, else ``/dev/shm``), so reporting status costs the
+SD card nothing. Without a fresh snapshot the queues' SQLite files are read read-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.buffer import read_stats
+
+QUEUES = ("influx", "publish")
+STALE_AFTER = 30.0
+
+
+def snapshot_path(state_dir: Path) -> Path:
+    """Where the agent with this ``state_dir`` writes its status snapshot."""
+    digest = hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:10]
+    for directory in (Path("/run/sensorkit"), Path("/dev/shm")):
+        if directory.is_dir() and os.access(directory, os.W_OK):
+            return directory / f"sensorkit-{digest}.json"
+    return state_dir / "status.json"
+
+
+def write_snapshot(path: Path, status: dict[str, object]) -> None:
+    """Atomically replace the snapshot (readers never see half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(status, default=str))
+    os.replace(tmp, path)
+
+
+def collect(state_dir: Path) -> dict[str, object]:
+    """The status of the agent using ``state_dir``: live if it runs, else from disk."""
+    path = snapshot_path(state_dir)
+    try:
+        live = json.loads(path.read_text())
+    except (OSError, ValueError):
+        live = None
+    if live and _alive(live.get("pid")) and time.time() - live.get("time", 0) < STALE_AFTER:
+        live["running"] = True
+        offline_queues = {}
+    else:
+        live = {"running": False, "outputs": {}, "sensors": {}}
+        offline_queues = {name: read_stats(state_dir, name) for name in QUEUES}
+    outputs = live.setdefault("outputs", {})
+    for name, stats in offline_queues.items():
+        if stats is not None:
+            outputs[name] = stats
+    if "publish" not in outputs and (stats := read_stats(state_dir, "publish")):
+        outputs["publish"] = stats
+    live["state_dir"] = str(state_dir)
+    return live
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _when(stamp: object) -> str:
+    if not isinstance(stamp, int | float):
+        return "never"
+    moment = datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    ago = time.time() - stamp
+    return f"{moment} ({_duration(ago)} ago)"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def format_status(status: dict) -> str:
+    """The human-readable form of :func:`collect`."""
+    running = f"running (pid {status.get('pid')})" if status.get("running") else "not running"
+    lines = [
+        f"agent: {running}",
+        f"state: {status.get('state_dir')}",
+    ]
+    for name, out in sorted(status.get("outputs", {}).items()):
+        lines.append(f"output {name}:")
+        if out.get("url"):
+            user = out.get("user") or "(no auth)"
+            lines.append(f"  server          {out['url']} as {user}")
+        if "queued" in out:
+            lines.append(
+                f"  queued          {out['queued']} points, {out['queued_bytes'] / 1e6:.2f} MB"
+            )
+            lines.append(f"  oldest queued   {_when(out.get('oldest_queued'))}")
+            lines.append(f"  last delivery   {_when(out.get('last_delivery'))}")
+            lines.append(f"  delivered       {out.get('delivered', 0)}")
+            lines.append(f"  quarantined     {out.get('quarantined', 0)}")
+            lines.append(f"  dropped (cap)   {out.get('dropped', 0)}")
+        if out.get("last_error"):
+            lines.append(
+                f"  last error      {_when(out.get('last_error_time'))}: {out['last_error']}"
+            )
+        if "sent" in out:
+            lines.append(f"  sent            {out['sent']} telegrams to {out.get('file')}")
+    for name, health in sorted(status.get("sensors", {}).items()):
+        state = health.get("state", "?")
+        count = health.get("readings", 0)
+        lines.append(
+            f"sensor {name}: {state}, {count} readings, last {_when(health.get('last_reading'))}"
+        )
+        if health.get("last_error"):
+            lines.append(f"  last error      {health['last_error']}")
+        if health.get("implausible"):
+            lines.append(f"  implausible     {health['implausible']} readings dropped")
+    return "\n".join(lines)

@@ -1,0 +1,322 @@
+"""Dylos DC1100 particle counter over a serial port (pyserial): one ``small,large`` line a minute.
+
+The device sends, every minute at 9600 baud 8N1, the average counts of the past minute per
+0.01 cubic foot as ``small,large\\r\\n`` (small: particles > 0.5 um, large: > 2.5 um on the
+DC1100 Pro; > 1 um and > 5 um on the standard model). They go out as ``pm_25``/``pm_10``, the
+original kit's names: counts, not mass concentrations. The port is any pyserial URL: a device
+path, ``loop://``, ``socket://host:port``, or the simulated Dylos's pty; the driver does not
+know which. An unplugged or absent port is retried with
+capped exponential backoff and reported once; read() never raises for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import glob
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import serial
+import serial.tools.list_ports
+
+from drivers.reading import Field, Reading, SensorError
+from drivers.sim.dylos import SimulatedDylos
+
+log = logging.getLogger("sensorkit.dylos")
+
+MAX_LINE = 256
+"""Bytes without a line end after which the line is garbage (a real line is under 20 bytes)."""
+
+DISPLAY_MAX = 99999.0
+"""Counts per 0.01 cubic foot: the DC1100's five-digit display (assumed: no datasheet figure)."""
+
+SLICE = 0.1
+"""Longest single blocking serial read, so read() keeps close to its own deadline."""
+
+_WARN_FIRST = 10  # garbage lines logged one by one, then every _WARN_EVERY-th
+_WARN_EVERY = 100
+
+
+def parse_line(line: bytes) -> tuple[int, int] | None:
+    """The (small, large) counts of one line without its line end; None for a blank line.
+
+    Takes the first two fields and ignores any more (some DC1100 Pro firmware sends four).
+    Raises ValueError when the line is not two non-negative integers.
+    """
+    text = line.strip()
+    if not text:
+        return None
+    fields = text.split(b",")
+    if len(fields) < 2:
+        raise ValueError("one field, expected 'small,large'")
+    small, large = fields[0].strip(), fields[1].strip()
+    if not (small.isdigit() and large.isdigit() and small.isascii() and large.isascii()):
+        raise ValueError("not two non-negative integers")
+    return int(small), int(large)
+
+
+class Dylos:
+    """A Dylos DC1100 on a serial port; read() waits up to ``read_timeout`` for the next line.
+
+    ``connected`` and ``last_error`` (the most recent open or I/O problem, kept after recovery)
+    and ``garbage_lines`` (lines ignored as unparseable) are for ``sensorkit status``.
+    """
+
+    name = "dylos"
+    poll_interval = 0.0
+
+    def __init__(
+        self,
+        port: str,
+        *,
+        field_names: tuple[str, str] = ("pm_25", "pm_10"),
+        read_timeout: float = 1.0,
+        retry_base: float = 1.0,
+        retry_cap: float = 60.0,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        """Open ``port`` now; if that fails, say why once and keep retrying from read()."""
+        if len(field_names) != 2 or field_names[0] == field_names[1]:
+            raise ValueError(
+                f"agent.ini [dylos] field_names: need two different names (small, large), "
+                f"not {field_names!r}"
+            )
+        if not read_timeout > 0 or not 0 < retry_base <= retry_cap:
+            raise ValueError(
+                f"Dylos timings: need read_timeout > 0 and 0 < retry_base <= retry_cap, not "
+                f"{read_timeout}, {retry_base}, {retry_cap}"
+            )
+        self.port = port
+        self.fields = tuple(
+            Field(n, "pcs/qf", "Dylos DC1100", 0.0, DISPLAY_MAX) for n in field_names
+        )
+        self.read_timeout = read_timeout
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+        self.connected = False
+        self.last_error: str | None = None
+        self.garbage_lines = 0
+        self.serial: serial.SerialBase | None = None
+        self._on_close = on_close
+        self._closed = False
+        self._buffer = bytearray()
+        self._skipping = False  # inside an overlong line: drop bytes up to its line end
+        self._discard_next = True  # the first line after an open is partial
+        self._outage_reported = False
+        self._delay = retry_base
+        self._next_attempt = 0.0
+        self._open()
+
+    def read(self) -> list[Reading]:
+        """Readings of the lines completed within ``read_timeout``; [] when none (or unplugged)."""
+        if self._closed:
+            raise SensorError(f"Dylos on {self.port}: read() after close(); open the sensor again")
+        deadline = time.monotonic() + self.read_timeout
+        while True:
+            if self.serial is None and not self._reopen_before(deadline):
+                return []
+            try:
+                readings = self._read_until(deadline)
+            except (serial.SerialException, OSError) as exc:
+                self._lost(exc)
+                continue
+            if readings or time.monotonic() >= deadline:
+                return readings
+
+    def close(self) -> None:
+        """Close the port (and stop a simulator this driver owns). Safe to call twice."""
+        self._closed = True
+        self._close_port()
+        if self._on_close is not None:
+            on_close, self._on_close = self._on_close, None
+            on_close()
+
+    def _read_until(self, deadline: float) -> list[Reading]:
+        """Read chunks until a line gives readings or the deadline passes."""
+        assert self.serial is not None
+        while True:
+            data = self.serial.read(self.serial.in_waiting or 1)
+            if data:
+                readings = self._feed(data, time.time())
+                if readings:
+                    return readings
+            if time.monotonic() >= deadline:
+                return []
+
+    def _feed(self, data: bytes, now: float) -> list[Reading]:
+        """Add bytes to the line buffer; return the readings of the lines they complete."""
+        readings: list[Reading] = []
+        while data:
+            end = data.find(b"\n")
+            part, data = (data, b"") if end < 0 else (data[:end], data[end + 1 :])
+            if self._skipping:
+                self._skipping = end < 0
+                continue
+            self._buffer += part
+            if len(self._buffer) > MAX_LINE:  # bounded buffer: drop the line up to its end
+                self._garbage(bytes(self._buffer), f"longer than {MAX_LINE} bytes")
+                self._buffer.clear()
+                self._skipping = end < 0
+                continue
+            if end < 0:
+                break
+            line = bytes(self._buffer).removesuffix(b"\r")
+            self._buffer.clear()
+            readings += self._line(line, now)
+        return readings
+
+    def _line(self, line: bytes, now: float) -> list[Reading]:
+        """Readings of one complete line (``\\r`` and blanks stripped), or [] when ignored."""
+        if not line.strip():
+            return []
+        if self._discard_next:
+            self._discard_next = False
+            log.debug("Dylos on %s: discarded the first line after opening: %r", self.port, line)
+            return []
+        try:
+            pair = parse_line(line)
+        except ValueError as exc:
+            self._garbage(line, str(exc))
+            return []
+        assert pair is not None
+        return [Reading(f.name, float(v), now) for f, v in zip(self.fields, pair, strict=True)]
+
+    def _garbage(self, line: bytes, why: str) -> None:
+        """Count an ignored line and warn about it, quoting it (the first few, then every 100th)."""
+        self.garbage_lines += 1
+        n = self.garbage_lines
+        if n <= _WARN_FIRST or n % _WARN_EVERY == 0:
+            quoted = repr(line[:40]) + ("..." if len(line) > 40 else "")
+            more = "" if n < _WARN_FIRST else "; from now on only every 100th is logged"
+            log.warning(
+                "Dylos on %s: ignored garbage line %s (%s); %d so far%s; check the cable and "
+                "the port's baud rate (9600 8N1)",
+                self.port,
+                quoted,
+                why,
+                n,
+                more,
+            )
+
+    def _open(self) -> bool:
+        """Try to open the port once; on failure describe it, once per outage, and back off."""
+        try:
+            self.serial = serial.serial_for_url(
+                self.port,
+                baudrate=9600,
+                bytesize=8,
+                parity="N",
+                stopbits=1,
+                timeout=min(self.read_timeout, SLICE),
+            )
+        except (serial.SerialException, OSError) as exc:
+            self._failed(self._describe(exc))
+            return False
+        self.connected = True
+        self._buffer.clear()
+        self._skipping = False
+        self._discard_next = True
+        self._delay = self.retry_base
+        if self._outage_reported:
+            log.info("Dylos on %s is back; reading again", self.port)
+            self._outage_reported = False
+        return True
+
+    def _reopen_before(self, deadline: float) -> bool:
+        """Sleep until the next retry (never past ``deadline``) and try it; True once open."""
+        while True:
+            now = time.monotonic()
+            if self._next_attempt > deadline:
+                time.sleep(max(0.0, deadline - now))
+                return False
+            time.sleep(max(0.0, self._next_attempt - now))
+            if self._open():
+                return True
+
+    def _lost(self, exc: BaseException) -> None:
+        """The port failed while reading (unplugged, I/O error): close it and retry later."""
+        self._close_port()
+        self._failed(f"Dylos on {self.port} went away ({exc}); unplugged or powered off?")
+
+    def _failed(self, message: str) -> None:
+        """Record a problem, warn once per outage, and schedule the next open with backoff."""
+        self.connected = False
+        self.last_error = message
+        if not self._outage_reported:
+            log.warning(
+                "%s -- retrying, every %g s backing off to every %g s; other sensors carry on",
+                message,
+                self.retry_base,
+                self.retry_cap,
+            )
+            self._outage_reported = True
+        else:
+            log.debug("%s (retry in %g s)", message, self._delay)
+        self._next_attempt = time.monotonic() + self._delay
+        self._delay = min(self._delay * 2, self.retry_cap)
+
+    def _describe(self, exc: BaseException) -> str:
+        """Say what is wrong with the port in agent.ini terms, and what to do."""
+        where = f"agent.ini [dylos] port: {self.port}"
+        if "://" not in self.port and not os.path.exists(self.port):
+            return f"{where} does not exist; plugged in? see `sensorkit probe`"
+        if getattr(exc, "errno", None) == errno.EACCES:
+            return f"{where}: permission denied; add the agent's user to the 'dialout' group"
+        return f"{where}: cannot open it ({exc}); check the cable, see `sensorkit probe`"
+
+    def _close_port(self) -> None:
+        """Close the serial port, ignoring errors from a port that is already gone."""
+        ser, self.serial = self.serial, None
+        self.connected = False
+        self._buffer.clear()
+        if ser is not None:
+            with contextlib.suppress(serial.SerialException, OSError):
+                ser.close()
+
+
+def open_dylos(
+    backend: str = "simulated",
+    *,
+    port: str = "/dev/ttyUSB0",
+    replay: str | None = None,
+    speedup: float = 60.0,
+    field_names: tuple[str, str] = ("pm_25", "pm_10"),
+    read_timeout: float = 1.0,
+    retry_base: float = 1.0,
+    retry_cap: float = 60.0,
+) -> Dylos:
+    """The Dylos driver on ``port`` (hardware) or on a started simulator's pty (simulated).
+
+    ``replay`` (a file of device lines, default the shipped capture) and ``speedup`` apply to the
+    simulated backend only. Bad values raise ValueError naming the agent.ini key.
+    """
+    timing = {"read_timeout": read_timeout, "retry_base": retry_base, "retry_cap": retry_cap}
+    if backend == "hardware":
+        return Dylos(port, field_names=field_names, **timing)
+    if backend != "simulated":
+        raise ValueError(
+            f"agent.ini [dylos] backend: {backend!r} is not one of: hardware, simulated"
+        )
+    try:
+        sim = SimulatedDylos(replay, speedup=speedup)
+    except ValueError as exc:
+        raise ValueError(f"agent.ini [dylos] replay/speedup: {exc}") from exc
+    sim.start()
+    try:
+        return Dylos(sim.url, field_names=field_names, on_close=sim.stop, **timing)
+    except BaseException:
+        sim.stop()
+        raise
+
+
+def list_serial_ports() -> list[str]:
+    """Serial ports for ``sensorkit probe``: stable /dev/serial/by-id names first, then the rest."""
+    ports = sorted(glob.glob("/dev/serial/by-id/*"))
+    named = {os.path.realpath(p) for p in ports}
+    for info in sorted(serial.tools.list_ports.comports(), key=lambda i: i.device):
+        if os.path.realpath(info.device) not in named:
+            ports.append(info.device)
+    return ports
