@@ -24,7 +24,6 @@ def open_sensor(settings: SensorSettings, weather: WeatherSettings) -> Sensor:
     if settings.name == "dylos":
         from drivers.dylos import open_dylos
 
-        options.pop("mass", None)
         return open_dylos(settings.backend, field_names=settings.fields, **options)
     if settings.name == "dht22":
         from drivers.dht22 import open_dht22

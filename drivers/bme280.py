@@ -216,7 +216,7 @@ def _check_oversampling(oversampling: int) -> None:
         raise ValueError(f"BME280 oversampling must be one of {allowed}, not {oversampling!r}")
 
 
-def _hardware_bus(bus: int) -> Any:
+def hardware_bus(bus: int) -> Any:
     """Open I2C bus ``bus`` through Blinka (bus 1: the header pins 3 and 5)."""
     try:
         if bus == 1:
@@ -265,7 +265,7 @@ def open_bme280(
         raise ValueError(f"BME280 address must be a 7-bit I2C address, not {address!r}")
     owns_bus = i2c is None
     if i2c is None and backend == "hardware":
-        i2c = _hardware_bus(bus)
+        i2c = hardware_bus(bus)
     elif i2c is None:
         from drivers.sim.bme280 import SimulatedBME280Chip, SimulatedI2CBus
 

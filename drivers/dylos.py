@@ -15,6 +15,7 @@ import contextlib
 import errno
 import glob
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -35,6 +36,29 @@ DISPLAY_MAX = 99999.0
 
 SLICE = 0.1
 """Longest single blocking serial read, so read() keeps close to its own deadline."""
+
+PER_M3 = 1 / (0.01 * 0.028316846592)  # (counts per 0.01 cubic foot) -> counts per m3
+DENSITY = 1.65e12  # ug/m3 (1.65 g/cm3)
+RADIUS_FINE = 0.44e-6  # m, representative radius of the 0.5-2.5 um channel
+RADIUS_COARSE = 2.6e-6  # m, representative radius of the > 2.5 um channel
+
+
+def counts_to_mass(small: float, large: float) -> tuple[float, float]:
+    """Estimated PM2.5 and PM10 mass (ug/m3) from ``small,large`` counts per 0.01 cubic foot.
+
+    The physical conversion used for Dylos counters: particles are taken as spheres of density
+    1.65 g/cm3 with a representative radius of 0.44 um for the fine channel (small - large)
+    and 2.6 um for the coarse one (large), so mass = count * 3531.5 /m3 * density * 4/3*pi*r^3.
+    These assumptions, and how far such conversions agree with gravimetric samples, are
+    discussed in Franken et al., "Comparison of methods for converting Dylos particle number
+    concentrations to PM2.5 mass concentrations", Indoor Air 29(3):450-459 (2019),
+    doi:10.1111/ina.12546. It is an estimate, not a calibration: add one per field.
+    """
+    fine_mass = DENSITY * 4 / 3 * math.pi * RADIUS_FINE**3
+    coarse_mass = DENSITY * 4 / 3 * math.pi * RADIUS_COARSE**3
+    pm25 = max(0.0, small - large) * PER_M3 * fine_mass
+    return pm25, pm25 + large * PER_M3 * coarse_mass
+
 
 _WARN_FIRST = 10  # garbage lines logged one by one, then every _WARN_EVERY-th
 _WARN_EVERY = 100
@@ -77,6 +101,7 @@ class Dylos:
         retry_base: float = 1.0,
         retry_cap: float = 60.0,
         on_close: Callable[[], None] | None = None,
+        mass: bool = False,
     ) -> None:
         """Open ``port`` now; if that fails, say why once and keep retrying from read()."""
         if len(field_names) != 2 or field_names[0] == field_names[1]:
@@ -90,8 +115,11 @@ class Dylos:
                 f"{read_timeout}, {retry_base}, {retry_cap}"
             )
         self.port = port
+        self.mass = mass
+        top = max(counts_to_mass(DISPLAY_MAX, DISPLAY_MAX)) if mass else DISPLAY_MAX
         self.fields = tuple(
-            Field(n, "pcs/qf", "Dylos DC1100", 0.0, DISPLAY_MAX) for n in field_names
+            Field(n, "ug/m3" if mass else "pcs/qf", "Dylos DC1100", 0.0, top)
+            for n in field_names
         )
         self.read_timeout = read_timeout
         self.retry_base = retry_base
@@ -182,7 +210,8 @@ class Dylos:
             self._garbage(line, str(exc))
             return []
         assert pair is not None
-        return [Reading(f.name, float(v), now) for f, v in zip(self.fields, pair, strict=True)]
+        values = counts_to_mass(*pair) if self.mass else pair
+        return [Reading(f.name, float(v), now) for f, v in zip(self.fields, values, strict=True)]
 
     def _garbage(self, line: bytes, why: str) -> None:
         """Count an ignored line and warn about it, quoting it (the first few, then every 100th)."""
@@ -287,13 +316,19 @@ def open_dylos(
     read_timeout: float = 1.0,
     retry_base: float = 1.0,
     retry_cap: float = 60.0,
+    mass: bool = False,
 ) -> Dylos:
     """The Dylos driver on ``port`` (hardware) or on a started simulator's pty (simulated).
 
     ``replay`` (a file of device lines, default the shipped capture) and ``speedup`` apply to the
     simulated backend only. Bad values raise ValueError naming the agent.ini key.
     """
-    timing = {"read_timeout": read_timeout, "retry_base": retry_base, "retry_cap": retry_cap}
+    timing = {
+        "read_timeout": read_timeout,
+        "retry_base": retry_base,
+        "retry_cap": retry_cap,
+        "mass": mass,
+    }
     if backend == "hardware":
         return Dylos(port, field_names=field_names, **timing)
     if backend != "simulated":
