@@ -168,9 +168,9 @@ class Agent:
             for loop in self.loops:
                 loop.join(timeout=5)
                 loop.close()
+            self.write_snapshot(final=True)
             for output in self.outputs:
                 output.close()
-            self.write_snapshot(final=True)
         return 0
 
     def close_window(self, end: int) -> None:
