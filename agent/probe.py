@@ -64,8 +64,10 @@ def _i2c(settings: SensorSettings, weather) -> tuple[list[str], list[str]]:
 def _dht(settings: SensorSettings, weather) -> tuple[list[str], list[str]]:
     from drivers.dht22 import probe_dht22
 
-    pin = int(settings.options["pin"])  # type: ignore[call-overload]
-    result = probe_dht22(settings.backend, pin=pin, weather=weather)
+    options = dict(settings.options)
+    options.pop("poll_interval")
+    pin = int(options.pop("pin"))  # type: ignore[call-overload]
+    result = probe_dht22(settings.backend, pin=pin, weather=weather, **options)
     ini = []
     if ":" in result and "does not answer" not in result and "attempts" not in result:
         ini = ["[dht22]", "enabled = yes", f"backend = {settings.backend}", f"pin = {pin}"]
