@@ -82,6 +82,11 @@ class InfluxClient:
             if not verify_tls:
                 self._context.check_hostname = False
                 self._context.verify_mode = ssl.CERT_NONE
+                log.warning(
+                    "[influx] tls_verify = no: the certificate of %s is NOT checked; anyone "
+                    "on the path can read and change what is sent",
+                    self.url,
+                )
         self._auth = ""
         if username:
             token = base64.b64encode(f"{username}:{password}".encode()).decode()

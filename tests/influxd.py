@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -30,13 +31,16 @@ def influxd_binary() -> str | None:
 class InfluxServer:
     """``influxd`` with its own meta, data and WAL dirs and its own HTTP and RPC ports."""
 
-    def __init__(self, auth: bool = False, max_body_size: int = 0) -> None:
+    def __init__(
+        self, auth: bool = False, max_body_size: int = 0, tls: tuple[Path, Path] | None = None
+    ) -> None:
+        self.tls = tls  # (certificate, private key): serve HTTPS
         self.auth = auth
         self.max_body_size = max_body_size
         self.root = Path(tempfile.mkdtemp(prefix="sensorkit-influxd-"))
         self.port = free_port()
         self.rpc_port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.admin = ("admin", "admin-secret") if auth else None
 
@@ -59,9 +63,22 @@ bind-address = "127.0.0.1:{self.rpc_port}"
   auth-enabled = {"true" if self.auth else "false"}
   log-enabled = false
   max-body-size = {self.max_body_size or 25000000}
-[continuous_queries]
+{self._tls_config()}[continuous_queries]
   enabled = false
 """
+
+    def _tls_config(self) -> str:
+        if not self.tls:
+            return ""
+        cert, key = self.tls
+        return (
+            f'  https-enabled = true\n  https-certificate = "{cert}"\n'
+            f'  https-private-key = "{key}"\n'
+        )
+
+    def _open(self, url: str, data: bytes | None = None, timeout: float = 10):
+        context = ssl._create_unverified_context() if self.tls else None
+        return urllib.request.urlopen(url, data=data, timeout=timeout, context=context)
 
     def start(self) -> InfluxServer:
         binary = influxd_binary()
@@ -78,7 +95,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
             if self.proc.poll() is not None:
                 raise RuntimeError(f"influxd exited: {(self.root / 'influxd.log').read_text()}")
             try:
-                urllib.request.urlopen(f"{self.url}/ping", timeout=1).read()
+                self._open(f"{self.url}/ping", timeout=1).read()
                 break
             except OSError:
                 time.sleep(0.1)
@@ -129,7 +146,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         if credentials:
             params["u"], params["p"] = credentials
         data = urllib.parse.urlencode(params).encode()
-        with urllib.request.urlopen(f"{self.url}/query", data=data, timeout=10) as answer:
+        with self._open(f"{self.url}/query", data=data) as answer:
             results = json.loads(answer.read())["results"]
         for result in results:
             if "error" in result:
@@ -141,7 +158,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         out = []
         for result in self.query(q, db):
             for series in result.get("series", []):
-                for values in series["values"]:
+                for values in series.get("values", []):
                     row = dict(zip(series["columns"], values, strict=True))
                     row.update(series.get("tags", {}))
                     out.append(row)
@@ -153,6 +170,8 @@ bind-address = "127.0.0.1:{self.rpc_port}"
     def influx_cli(self, q: str, db: str) -> str:
         """Run ``q`` through the real ``influx`` CLI (what a person would see)."""
         cmd = ["influx", "-host", "127.0.0.1", "-port", str(self.port), "-database", db]
+        if self.tls:
+            cmd += ["-ssl", "-unsafeSsl"]
         if self.admin:
             cmd += ["-username", self.admin[0], "-password", self.admin[1]]
         cmd += ["-format", "json", "-precision", "s", "-execute", q]
