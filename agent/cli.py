@@ -75,6 +75,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     outputs = open_outputs(settings, "publish")
     if not outputs:
         raise ConfigError(f"{settings.path}: no output is enabled ([influx] or [console])")
+    before = {o.name: o.status().get("delivered", 0) for o in outputs}
     total = 0
     for source, telegrams in files:
         idents = [t for t in telegrams if isinstance(t, Ident)]
@@ -108,15 +109,16 @@ def cmd_publish(args: argparse.Namespace) -> int:
             print(f"{name}: {status.get('sent', 0)} telegrams written", file=sys.stderr)
             continue
         queued = status["queued"]
-        line = f"{name} {status.get('url')}: {status['delivered']} points delivered in all"
+        delivered = status["delivered"] - before[name]
+        line = f"{name} {status.get('url')}: {delivered} points delivered"
         if status.get("quarantined"):
             line += f", {status['quarantined']} quarantined (see `sensorkit quarantine list`)"
         print(line, file=sys.stderr)
         if queued:
             print(
                 f"{name}: {queued} points are still queued safely in "
-                f"{settings.kit.state_dir}; run `sensorkit publish` again to deliver them. "
-                f"Last error: {status.get('last_error') or 'none (still sending)'}",
+                f"{settings.kit.state_dir}; run `sensorkit publish` again to deliver them"
+                + ("" if status.get("last_error") else " (the server was still taking them)"),
                 file=sys.stderr,
             )
             ok = False

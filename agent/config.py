@@ -2,12 +2,18 @@
 
 Lookup order: ``-c``, else ``$SENSORKIT_CONFIG``, else ``/etc/sensorkit/agent.ini``, else
 ``./agent.ini``. The shipped ``agent.ini`` documents every key read here.
+
+Every refusal reads ``<file> [section] key: what is wrong; allowed: ...``. Text values
+(names, label, description, paths, URL, password) are taken whole, so a ``#`` or ``;`` in a
+password or a description is kept; numbers, yes/no flags and choices may carry a trailing
+``# comment``.
 """
 
 from __future__ import annotations
 
 import configparser
 import logging
+import math
 import os
 import re
 import stat
@@ -16,12 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from agent.lineprotocol import check_tag_value, check_text
+from agent.lineprotocol import check_key, check_tag_value, check_text
 
 log = logging.getLogger("sensorkit.config")
 
 SYSTEM_CONFIG = Path("/etc/sensorkit/agent.ini")
 BACKENDS = ("hardware", "simulated")
+_INLINE_COMMENT = re.compile(r"\s+[#;].*$")
+_TEXT_ALLOWED = "text on one line"
+_TAG_ALLOWED = "text on one line, with no backslash at its end or just before a space, comma or '='"
 T = TypeVar("T")
 
 
@@ -123,16 +132,23 @@ class _Section:
         return ConfigError(f"{self.path} [{self.name}] {key}: {problem}")
 
     def raw(self, key: str) -> str | None:
+        """The value as written (text is taken whole, comment characters and all)."""
         self.read.add(key)
         value = self.values.get(key)
         return None if value is None else value.strip()
+
+    def typed(self, key: str) -> str | None:
+        """The value of a number, flag or choice, without a trailing ``# comment``."""
+        value = self.raw(key)
+        return None if value is None else _INLINE_COMMENT.sub("", value)
 
     def text(self, key: str, default: str = "", *, tag: bool = False) -> str:
         value = self.raw(key)
         value = default if value is None or value == "" else value
         problem = check_tag_value(value) if tag else check_text(value)
         if problem:
-            raise self.fail(key, f"{value!r} {problem}; change the text")
+            allowed = _TAG_ALLOWED if tag else _TEXT_ALLOWED
+            raise self.fail(key, f"{value!r} {problem}; allowed: {allowed}")
         return value
 
     def number(
@@ -144,12 +160,14 @@ class _Section:
         high: float | None = None,
         unit: str = "",
     ) -> T:
-        value = self.raw(key)
+        value = self.typed(key)
         if value is None or value == "":
             return default
         allowed = _range_text(low, high, unit, kind)
         try:
             number = kind(value)
+            if not math.isfinite(number):  # type: ignore[arg-type]
+                raise ValueError(value)
         except ValueError:
             noun = "a whole number" if kind is int else "a number"
             raise self.fail(key, f"{value!r} is not {noun}; allowed: {allowed}") from None
@@ -158,7 +176,7 @@ class _Section:
         return number
 
     def flag(self, key: str, default: bool) -> bool:
-        value = self.raw(key)
+        value = self.typed(key)
         if value is None or value == "":
             return default
         lowered = value.lower()
@@ -167,25 +185,29 @@ class _Section:
         raise self.fail(key, f"{value!r} is not a yes/no value; allowed: yes, no, true, false")
 
     def choice(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
-        value = (self.raw(key) or default).lower()
+        value = (self.typed(key) or default).lower()
         if value not in allowed:
             raise self.fail(key, f"{value!r} is not allowed; allowed: {', '.join(allowed)}")
         return value
 
     def names(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self.raw(key)
+        value = self.typed(key)
         if not value:
             return default
         names = tuple(value.replace(",", " ").split())
         if len(names) != len(default):
             raise self.fail(
                 key,
-                f"{value!r} names {len(names)} fields; give {len(default)}, like "
+                f"{value!r} names {len(names)} fields; allowed: {len(default)} names, like "
                 f"{' '.join(default)!r}",
             )
         for name in names:
-            if check_tag_value(name) or name == "time" or name.startswith("_"):
-                raise self.fail(key, f"{name!r} cannot be an InfluxDB field name")
+            if check_key(name) or name.startswith("_"):
+                raise self.fail(
+                    key,
+                    f"{name!r} cannot be an InfluxDB field name; allowed: names without "
+                    "backslashes, not 'time', not starting with '_'",
+                )
         return names
 
     def calibrations(self, fields: tuple[str, ...]) -> dict[str, tuple[float, ...]]:
@@ -196,15 +218,21 @@ class _Section:
                 continue
             name = key.removeprefix("calibration.")
             if name not in fields:
-                raise self.fail(key, f"{name!r} is not a field of [{self.name}] ({fields})")
-            text = self.raw(key) or ""
+                raise self.fail(
+                    key,
+                    f"{name!r} is not a field of [{self.name}]; allowed: "
+                    + ", ".join(f"calibration.{f}" for f in fields),
+                )
+            text = self.typed(key) or ""
             try:
                 coefficients = tuple(float(c) for c in text.replace(",", " ").split())
             except ValueError:
                 coefficients = ()
+            if not all(math.isfinite(c) for c in coefficients):
+                coefficients = ()
             if not coefficients:
                 raise self.fail(
-                    key, f"{text!r} is not a list of numbers; give a0 a1 ... for a0 + a1*x + ..."
+                    key, f"{text!r} is not a list of numbers; allowed: a0 a1 ... (a0 + a1*x + ...)"
                 )
             out[name] = coefficients
         return out
@@ -212,8 +240,10 @@ class _Section:
     def check_unknown(self) -> None:
         unknown = sorted(set(self.values) - self.read)
         if unknown:
-            known = ", ".join(sorted(self.read)) or "none"
-            raise self.fail(unknown[0], f"unknown key; known keys here: {known}")
+            known = ", ".join(sorted(k for k in self.read if not k.startswith("calibration.")))
+            if self.name in ("dylos", "dht22", "bme280"):
+                known += ", calibration.<field>"
+            raise self.fail(unknown[0], f"unknown key; allowed: {known or 'none'}")
 
 
 def _range_text(low: float | None, high: float | None, unit: str, kind: Callable) -> str:
@@ -232,16 +262,18 @@ def _address(text: str) -> int:
     return int(text, 0)
 
 
-def cpu_serial() -> str:
+def cpu_serial(
+    cpuinfo: Path = Path("/proc/cpuinfo"), machine_id: Path = Path("/etc/machine-id")
+) -> str:
     """The Raspberry Pi's CPU serial; off a Pi, the first 16 digits of the machine id."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in cpuinfo.read_text().splitlines():
             if line.startswith("Serial") and ":" in line:
                 return line.split(":", 1)[1].strip().lstrip("0") or "0"
     except OSError:
         pass
     try:
-        return Path("/etc/machine-id").read_text().strip()[:16]
+        return machine_id.read_text().strip()[:16] or "unknown"
     except OSError:
         return "unknown"
 
@@ -259,12 +291,15 @@ _GEO = re.compile(r"^\s*(-?\d+(\.\d+)?)\s*,\s*(-?\d+(\.\d+)?)\s*(,\s*(-?\d+(\.\d
 
 def _kit(section: _Section, base: Path) -> KitSettings:
     project = section.text("project")
+    names_db = "text without spaces, '/', '\\' or '\"' (it names the database)"
     if not project:
-        raise section.fail("project", "is required; the network's project code, e.g. BdP")
+        raise section.fail(
+            "project", f"is missing; allowed: the network's project code, e.g. BdP: {names_db}"
+        )
     serial = section.text("serial") or cpu_serial()
     for key, value in (("project", project), ("serial", serial)):
         if any(c in value for c in '/\\" '):
-            raise section.fail(key, f"{value!r}: no spaces, '/', '\\' or '\"' (names a database)")
+            raise section.fail(key, f"{value!r} is not allowed; allowed: {names_db}")
     geolocation = section.text("geolocation", tag=True)
     if geolocation:
         match = _GEO.match(geolocation)
@@ -331,7 +366,7 @@ def _dht22(s: _Section) -> SensorSettings:
 
 
 def _bme280(s: _Section) -> SensorSettings:
-    address_text = s.raw("address") or "auto"
+    address_text = s.typed("address") or "auto"
     try:
         address = _address(address_text)
     except ValueError:
@@ -355,24 +390,39 @@ def _bme280(s: _Section) -> SensorSettings:
 
 def _influx(s: _Section, path: Path) -> InfluxSettings:
     url = s.text("url", "http://localhost:8086")
-    if not re.match(r"^https?://[^/\s]+", url):
+    if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
+        # Not echoed: it holds a password, which must never reach a log.
+        raise s.fail(
+            "url",
+            "holds a user name or password; allowed: http://host:port or https://..., "
+            "with the credentials in username and password (or password_file)",
+        )
+    if not re.match(r"^https?://[^/\s]+\S*$", url):
         raise s.fail("url", f"{url!r} is not allowed; allowed: http://host:port or https://...")
     password = s.raw("password") or ""
     password_file = s.text("password_file")
     if password and password_file:
-        raise s.fail("password_file", "set either password or password_file, not both")
+        raise s.fail(
+            "password_file", "is set and so is password; allowed: one of password, password_file"
+        )
     if password_file:
         pw_path = path.parent / password_file
         try:
             password = pw_path.read_text().strip()
         except OSError as err:
-            raise s.fail("password_file", f"cannot read {pw_path}: {err.strerror}") from None
+            raise s.fail(
+                "password_file",
+                f"cannot read {pw_path}: {err.strerror}; allowed: a file the agent can read, "
+                "holding the password",
+            ) from None
         _warn_if_readable(pw_path, "password_file")
     elif password:
         _warn_if_readable(path, "password")
     username = s.text("username")
     if password and not username:
-        raise s.fail("username", "is required when a password is set")
+        raise s.fail(
+            "username", "is missing but a password is set; allowed: the InfluxDB user name"
+        )
     return InfluxSettings(
         enabled=s.flag("enabled", True),
         url=url,
@@ -409,14 +459,30 @@ def _warn_if_readable(path: Path, key: str) -> None:
 
 def load(path: Path) -> Settings:
     """Read and check ``path``; raises ConfigError naming file, section and key."""
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    parser = configparser.ConfigParser(interpolation=None)
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # -sig: a BOM some editors write
             parser.read_file(handle)
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: no such file; pass -c FILE, set SENSORKIT_CONFIG, or copy the shipped "
             "agent.ini there"
+        ) from None
+    except configparser.MissingSectionHeaderError as err:
+        raise ConfigError(
+            f"{path}: line {err.lineno}: a setting before any [section]; allowed: [kit], "
+            "[influx], ... first"
+        ) from None
+    except configparser.ParsingError as err:
+        # Never echo the line itself: it may hold the password.
+        lines = ", ".join(str(lineno) for lineno, _ in err.errors)
+        raise ConfigError(
+            f"{path}: line {lines}: not a setting; allowed: key = value, [section], # comment"
+        ) from None
+    except configparser.DuplicateOptionError as err:
+        raise ConfigError(
+            f"{path} [{err.section}] {err.option}: set twice (line {err.lineno}); "
+            "allowed: each key once"
         ) from None
     except (configparser.Error, UnicodeDecodeError, OSError) as err:
         raise ConfigError(f"{path}: cannot read it: {err}") from None
@@ -424,7 +490,7 @@ def load(path: Path) -> Settings:
     for name in parser.sections():
         if name not in known:
             raise ConfigError(
-                f"{path} [{name}]: unknown section; known: {', '.join(sorted(known))}"
+                f"{path} [{name}]: unknown section; allowed: {', '.join(sorted(known))}"
             )
     sections = {name: _Section(path, parser, name) for name in known}
     base = path.resolve().parent

@@ -67,7 +67,9 @@ class InfluxClient:
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+            raise ValueError("the InfluxDB URL is not an http:// or https:// URL")
+        if parts.username or parts.password:
+            raise ValueError("the InfluxDB URL holds credentials; pass username and password")
         self.url = url.rstrip("/")
         self.username = username
         self.timeout = timeout
@@ -95,7 +97,7 @@ class InfluxClient:
 
     def who(self) -> str:
         """User and server, for messages (never the password)."""
-        user = f"user {self.username!r}" if self.username else "no user (auth off)"
+        user = f"user {self.username!r}" if self.username else "no user ([influx] username unset)"
         return f"{user} at {self.url}"
 
     # -- requests -------------------------------------------------------------------------
@@ -148,7 +150,7 @@ class InfluxClient:
         answer = self.request("POST", "/write", params, body, headers)
         if answer.status != 204:
             raise InfluxError(
-                self._explain(answer, f"writing to database {database!r}"),
+                self._explain(answer, f"writing to database {database!r}", database),
                 answer.status,
                 answer.server_message(),
             )
@@ -207,7 +209,7 @@ class InfluxClient:
                 )
         return self._conn
 
-    def _explain(self, answer: Response, doing: str) -> str:
+    def _explain(self, answer: Response, doing: str, database: str = "") -> str:
         said = answer.server_message()
         if answer.status == 401:
             return (
@@ -217,7 +219,8 @@ class InfluxClient:
         if answer.status == 403:
             return (
                 f"InfluxDB at {self.url} does not allow user {self.username!r} {doing} "
-                f"(403 {said}); an admin can grant it with GRANT WRITE ON <database> TO "
+                f"(403 {said}); an admin can grant it with GRANT WRITE ON "
+                f"{quote_ident(database) if database else '<database>'} TO "
                 f"{quote_ident(self.username)}"
             )
         return f"InfluxDB at {self.url} answered {answer.status} while {doing}: {said}"

@@ -3,13 +3,14 @@
 Escaping follows the 1.x spec exactly, so what the ``influx`` CLI reads back equals what the
 kit sent: tag keys, tag values and field keys escape comma, ``=`` and space; measurement
 names escape comma and space; string field values are double-quoted with ``"`` and ``\\``
-escaped. What 1.x cannot carry at all is refused by :func:`check_tag_value` and
-:func:`check_text` with a message, never mangled.
+escaped. What 1.x cannot carry at all is refused by :func:`check_tag_value`,
+:func:`check_key` and :func:`check_text` with a message, never mangled.
 """
 
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Iterable, Mapping
 
 _TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
@@ -30,8 +31,11 @@ def check_text(value: str) -> str | None:
 def check_tag_value(value: str) -> str | None:
     """Why ``value`` cannot be a 1.x tag value (or key), or None when it can.
 
-    1.x tag parsing has no escape for a backslash, so a backslash just before a space, comma,
-    ``=`` or the end of the value would be read as escaping what follows.
+    1.x line protocol has no escape for a backslash, so a backslash just before a space,
+    comma, ``=`` or the end of the value is read as escaping what follows. At the end of a
+    tag value, and anywhere in a key, that breaks the line (400). In the middle of a tag value
+    influxd 1.6 happens to read it back unchanged, but only by a quirk of its unescaping, so
+    it is refused everywhere, as the contract says.
     """
     problem = check_text(value)
     if problem:
@@ -41,6 +45,24 @@ def check_tag_value(value: str) -> str | None:
     for i, char in enumerate(value[:-1]):
         if char == "\\" and value[i + 1] in " ,=":
             return f"has a backslash before {value[i + 1]!r}, which InfluxDB 1.x reads as an escape"
+    return None
+
+
+def check_key(name: str) -> str | None:
+    """Why ``name`` cannot be a 1.x field key, or None when it can.
+
+    Field keys follow the tag rules, and more: the server refuses an empty key and ``time``
+    (400), and shows a key holding a control character (such as NUL) under another name.
+    """
+    if name == "":
+        return "is empty; InfluxDB needs a name for every field"
+    if name == "time":
+        return "is reserved by InfluxDB for the timestamp and cannot name a field"
+    problem = check_tag_value(name)
+    if problem:
+        return problem
+    if any(unicodedata.category(char) == "Cc" for char in name):
+        return "contains a control character, which InfluxDB does not keep in a field name"
     return None
 
 
@@ -63,7 +85,10 @@ def format_field(value: float | int | str | bool) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond any float
+            return None
         if not math.isfinite(number):
             return None
         return repr(number)

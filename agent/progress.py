@@ -21,12 +21,13 @@ class Progress:
         self.every = 0.2 if self.tty else every
         self.started = time.monotonic()
         self._shown = 0.0
+        self._shown_done = -1
 
     def update(self, done: int) -> None:
         now = time.monotonic()
-        if now - self._shown < self.every and done < self.total:
+        if done == self._shown_done or (now - self._shown < self.every and done < self.total):
             return
-        self._shown = now
+        self._shown, self._shown_done = now, done
         line = self.describe(done, now)
         if self.tty:
             self.stream.write(f"\r{line}   ")

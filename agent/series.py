@@ -2,7 +2,9 @@
 
 ``info`` has tag ``label`` and the other ident keys as string fields (lists joined with ``,``).
 ``data`` has tags ``label``, ``geolocation`` and ``new`` (``1`` on the first data point after
-each ``info``), one field per measured value, and the telegram's own time.
+each ``info``), one field per measured value, and the telegram's own time. ``info`` is stamped
+with the ident's own ``time`` when it has one (a published file's ident takes its first data
+record's time), else with the moment it is encoded.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ class SeriesEncoder:
         if isinstance(telegram, Ident):
             self._ident = telegram
             self._new = True
-            return [(self._db(), info_point(telegram, int(self.clock())))]  # type: ignore[operator]
+            stamp = telegram.time if telegram.time is not None else int(self.clock())  # type: ignore[operator]
+            return [(self._db(), info_point(telegram, stamp))]
         if self._ident is None:
             raise ValueError("a data telegram came before any ident")
         line = data_point(self._ident, telegram, self._new)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -76,7 +77,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
             f'  https-private-key = "{key}"\n'
         )
 
-    def _open(self, url: str, data: bytes | None = None, timeout: float = 10):
+    def _open(self, url: str | urllib.request.Request, data: bytes | None = None, timeout=10):
         context = ssl._create_unverified_context() if self.tls else None
         return urllib.request.urlopen(url, data=data, timeout=timeout, context=context)
 
@@ -143,10 +144,13 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         if db:
             params["db"] = db
         credentials = self.admin if user is True else (user or None)
-        if credentials:
-            params["u"], params["p"] = credentials
+        headers = {}
+        if credentials:  # influxd 1.6 reads u/p from the URL or a Basic header, not a form body
+            token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
         data = urllib.parse.urlencode(params).encode()
-        with self._open(f"{self.url}/query", data=data) as answer:
+        request = urllib.request.Request(f"{self.url}/query", data=data, headers=headers)
+        with self._open(request) as answer:
             results = json.loads(answer.read())["results"]
         for result in results:
             if "error" in result:
