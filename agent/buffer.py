@@ -7,7 +7,14 @@ Two files under ``state_dir``:
   fsynced: it only bridges the time until the next group commit.
 - ``<name>.sqlite3`` (WAL): every ``sync_interval`` seconds, what is still undelivered moves
   from the journal into SQLite in one transaction with one fsync, and the journal is emptied.
-  A power cut can therefore cost at most ``sync_interval`` seconds of undelivered data.
+  A power cut can therefore cost at most ``sync_interval`` seconds of undelivered data
+  (``sync_interval = 0``: every append is committed with an fsync before it returns).
+
+An append either reaches the journal whole or not at all (a failed write, e.g. a full disk, is
+cut back off and raised). Points quarantined or dropped by the cap leave the journal at once
+(the rest moves to SQLite), so a crash never brings them back; points delivered from the
+journal may be re-sent after a crash, which stores no duplicate. The WAL is checkpointed when
+it grows past a few MB, so it stays small during a long outage too.
 
 Online, points are usually delivered before the next group commit, so they never touch
 SQLite: an SD card sees the journal's small sequential writes and almost no fsyncs. Entries
@@ -120,6 +127,7 @@ class DurableQueue:
         self._journal = os.open(self._journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._journal_size = os.fstat(self._journal).st_size
         self._last_sync = self.clock()
+        self._closed: dict[str, object] | None = None  # the last stats, once closed
 
     # -- appending ------------------------------------------------------------------------
 
@@ -129,29 +137,54 @@ class DurableQueue:
             return
         with self._lock:
             now = self.clock()
-            records = []
+            entries = []
             for db, line in items:
-                entry = Entry(self._next_seq, db, line, now)
-                self._next_seq += 1
-                records.append(_pack(entry))
+                entries.append(Entry(self._next_seq + len(entries), db, line, now))
+            blob = b"".join(_pack(entry) for entry in entries)
+            self._write_journal(blob)
+            self._next_seq += len(entries)
+            for entry in entries:
                 self._pending[entry.seq] = entry
                 self._pending_bytes += entry.size
-            blob = b"".join(records)
-            os.write(self._journal, blob)
-            self._journal_size += len(blob)
             self._enforce_cap()
+            if self.sync_interval <= 0:
+                self.sync()
+
+    def _write_journal(self, blob: bytes) -> None:
+        """Append ``blob`` whole (short writes are completed), or cut it off and raise."""
+        view = memoryview(blob)
+        try:
+            while view:
+                written = os.write(self._journal, view)
+                view = view[written:]
+        except OSError as err:
+            try:  # no torn record may stay: it would hide every later one from a replay
+                os.ftruncate(self._journal, self._journal_size)
+            except OSError:
+                log.exception("queue %s: cannot cut a failed write off the journal", self.name)
+            raise OSError(
+                err.errno,
+                f"queue {self.name}: cannot append to {self._journal_path}: {err.strerror}; "
+                "the point was not queued",
+            ) from err
+        self._journal_size += len(blob)
 
     # -- reading and settling -------------------------------------------------------------
 
     def peek(self, max_lines: int, max_bytes: int) -> list[Entry]:
         """The oldest entries of one database, up to the limits (at least one entry)."""
         with self._lock:
+            if self._closed is not None:
+                return []
+            candidates: Sequence[Entry] = []
             if self._stored_count:
                 rows = self._db.execute(
                     "SELECT seq, db, line, queued FROM queue ORDER BY seq LIMIT ?", (max_lines,)
                 ).fetchall()
-                candidates: Sequence[Entry] = [Entry(*row) for row in rows]
-            else:
+                candidates = [Entry(*row) for row in rows]
+                if not candidates:  # a count gone wrong must not hide the journal's entries
+                    self._recount()
+            if not candidates:
                 candidates = list(_first(self._pending.values(), max_lines))
             batch: list[Entry] = []
             size = 0
@@ -165,6 +198,8 @@ class DurableQueue:
     def remove(self, entries: Sequence[Entry]) -> None:
         """Forget entries the server accepted."""
         with self._lock:
+            if self._closed is not None:  # a sender outliving close(): they are re-sent later
+                return
             self._forget(entries)
             self._count("delivered", len(entries))
             self._set("last_delivery", self.clock())
@@ -174,7 +209,10 @@ class DurableQueue:
         if not entries:
             return
         with self._lock:
+            if self._closed is not None:
+                return
             now = self.clock()
+            self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("BEGIN")
             self._db.executemany(
                 "INSERT INTO quarantine (db, line, reason, queued, quarantined)"
@@ -183,8 +221,13 @@ class DurableQueue:
             )
             self._forget(entries, in_transaction=True)
             self._count("quarantined", len(entries))
-            self._write_counters()
+            # The journal still holds the quarantined points: move what else it holds into
+            # SQLite in this same commit and empty it, or a crash would queue them again.
+            self._store_pending()
             self._db.execute("COMMIT")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self.fsyncs += 1
+            self._truncate_journal()
 
     def _forget(self, entries: Sequence[Entry], in_transaction: bool = False) -> None:
         stored: list[Entry] = []
@@ -221,25 +264,37 @@ class DurableQueue:
     def sync(self) -> None:
         """Group commit: move what is still undelivered into SQLite with one fsync."""
         with self._lock:
+            if self._closed is not None:
+                return
             if self._pending:
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.execute("BEGIN")
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO queue (seq, db, line, queued) VALUES (?, ?, ?, ?)",
-                    [(e.seq, e.db, e.line, e.queued) for e in self._pending.values()],
-                )
-                self._write_counters()
+                self._store_pending()
                 self._db.execute("COMMIT")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self.fsyncs += 1
-                self._stored_count += len(self._pending)
-                self._stored_bytes += self._pending_bytes
-                self._pending.clear()
-                self._pending_bytes = 0
-            if self._journal_size:
-                os.ftruncate(self._journal, 0)
-                self._journal_size = 0
+                self._checkpoint_if_big()
+            self._truncate_journal()
             self._last_sync = self.clock()
+
+    def _store_pending(self) -> None:
+        """Within a transaction: the journal's entries into the queue table, and counters."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO queue (seq, db, line, queued) VALUES (?, ?, ?, ?)",
+            [(e.seq, e.db, e.line, e.queued) for e in self._pending.values()],
+        )
+        if self._counters_dirty:  # unchanged while the server is away: no page to rewrite
+            self._write_counters()
+        self._stored_count += len(self._pending)
+        self._stored_bytes += self._pending_bytes
+        self._pending.clear()
+        self._pending_bytes = 0
+
+    def _truncate_journal(self) -> None:
+        """Empty the journal: call only once all it holds is committed or meant to go."""
+        if self._journal_size:
+            os.ftruncate(self._journal, 0)
+            self._journal_size = 0
 
     def maybe_sync(self) -> None:
         """:meth:`sync` when ``sync_interval`` has passed since the last one."""
@@ -254,11 +309,18 @@ class DurableQueue:
 
     def close(self) -> None:
         with self._lock:
-            self.sync()
-            self.flush_counters()
-            os.close(self._journal)
-            self._db.close()
-            os.close(self._lockfile)
+            if self._closed is not None:
+                return
+            try:
+                self.sync()
+                self.flush_counters()
+                self._closed = self.stats()
+            finally:
+                if self._closed is None:
+                    self._closed = {}
+                os.close(self._journal)
+                self._db.close()
+                os.close(self._lockfile)
 
     # -- status ---------------------------------------------------------------------------
 
@@ -273,6 +335,8 @@ class DurableQueue:
     def stats(self) -> dict[str, object]:
         """Depth, bytes, oldest queued time, counters: the queue's part of ``status``."""
         with self._lock:
+            if self._closed is not None:  # the last figures (status after the outputs closed)
+                return dict(self._closed)
             oldest = self._db.execute("SELECT min(queued) FROM queue").fetchone()[0]
             if oldest is None and self._pending:
                 oldest = next(iter(self._pending.values())).queued
@@ -304,6 +368,7 @@ class DurableQueue:
                     break
                 doomed.append((seq,))
                 freed += size + _ROW_OVERHEAD
+            rows.close()
             self._db.execute("BEGIN")
             self._db.executemany("DELETE FROM queue WHERE seq = ?", doomed)
             self._count("dropped", len(doomed))
@@ -312,11 +377,18 @@ class DurableQueue:
             self._stored_count -= len(doomed)
             self._stored_bytes -= freed
             dropped += len(doomed)
+            self._checkpoint_if_big()
+        dropped_pending = 0
         while self._pending and self.total_bytes > target:
             seq = next(iter(self._pending))
             self._pending_bytes -= self._pending.pop(seq).size
-            self._count("dropped", 1)
-            dropped += 1
+            dropped_pending += 1
+        if dropped_pending:
+            # The journal still holds the dropped points: commit the rest and empty it, or a
+            # crash would bring them back. From now on the oldest are in SQLite, dropped above.
+            self._count("dropped", dropped_pending)
+            dropped += dropped_pending
+            self.sync()
         if dropped and not self._dropping:
             self._dropping = True
             log.warning(
@@ -366,12 +438,14 @@ class DurableQueue:
             return 0
         entries = list(_unpack_all(blob))
         if entries:
+            self._db.execute("PRAGMA synchronous=FULL")  # durable before the journal goes
             self._db.execute("BEGIN")
             self._db.executemany(
                 "INSERT OR REPLACE INTO queue (seq, db, line, queued) VALUES (?, ?, ?, ?)",
                 [(e.seq, e.db, e.line, e.queued) for e in entries],
             )
             self._db.execute("COMMIT")
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._recount()
             log.info("queue %s: recovered %d points from the journal", self.name, len(entries))
         self._journal_path.unlink()

@@ -55,7 +55,7 @@ class DeliveryState:
     problem: str = ""  # the current problem's key; a message is logged when it changes
     last_error: str = ""
     last_error_time: float | None = None
-    retry_at: float = 0.0
+    retry_at: float = 0.0  # time.monotonic(): a clock step (NTP on a Pi) cannot stall us
     checked_databases: set[str] = field(default_factory=set)
 
 
@@ -63,6 +63,7 @@ class InfluxOutput:
     """Publishes telegrams to one InfluxDB server, never losing one it accepted."""
 
     name = "influx"
+    close_grace = 5.0  # seconds close() gives a healthy sender to deliver what is queued
 
     def __init__(
         self,
@@ -86,6 +87,7 @@ class InfluxOutput:
         self._stopping = threading.Event()
         self._idle = threading.Event()
         self._thread: threading.Thread | None = None
+        self._gave_up = False  # wait_drained timed out: close() gives no extra grace
         self.on_tick: Callable[[], None] | None = None  # called by the sender now and then
 
     # -- the output interface ---------------------------------------------------------------
@@ -101,7 +103,21 @@ class InfluxOutput:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop the sender; whatever is undelivered stays safely in the queue."""
+        """Stop the sender; whatever is undelivered stays safely in the queue.
+
+        A sender that is not failing first gets up to :attr:`close_grace` seconds to deliver
+        what is queued (the last telegrams of ``sensorkit run``), so a stop while the server
+        answers leaves nothing behind; a failing one is stopped at once.
+        """
+        alive = self._thread is not None and self._thread.is_alive()
+        alive = alive and not self._gave_up  # publish --wait ran out: stop as promised
+        deadline = time.monotonic() + self.close_grace
+        while alive and self.queue.depth and not self.state.failures:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wake.set()
+            time.sleep(min(0.02, remaining))
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
@@ -115,6 +131,7 @@ class InfluxOutput:
         while self.queue.depth:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                self._gave_up = True
                 return False
             self._wake.set()
             self._idle.wait(min(0.5, remaining))
@@ -135,28 +152,33 @@ class InfluxOutput:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
+            self._wake.clear()  # before looking at the queue: a send() from now on wakes us
             try:
-                self.queue.maybe_sync()
                 if self.on_tick:
                     self.on_tick()
                 wait = self._step()
             except Exception:  # keep the sender alive whatever happens; data stays queued
                 log.exception("influx sender: unexpected error; retrying in 10 s")
                 wait = 10.0
+            try:  # after the send: a point delivered at once is never committed to SQLite
+                self.queue.maybe_sync()
+            except Exception:
+                log.exception("influx sender: group commit failed; points stay in the journal")
+                wait = max(wait, 10.0)
             if wait > 0:
-                self._wake.clear()
                 self._wake.wait(wait)
         self.queue.sync()
 
     def _step(self) -> float:
         """Deliver one batch; returns how long to wait before the next step."""
-        now = time.time()
+        now = time.monotonic()
         if now < self.state.retry_at:
             return min(self.state.retry_at - now, 1.0)
         batch = self.queue.peek(self.batch_size, self.batch_bytes)
         if not batch:
             self._idle.set()
-            return min(1.0, self.queue.sync_interval)
+            interval = self.queue.sync_interval
+            return min(1.0, interval) if interval > 0 else 1.0  # 0: appends commit themselves
         try:
             self._deliver(batch)
         except InfluxError as err:
@@ -165,7 +187,7 @@ class InfluxOutput:
         self._succeeded()
         return 0.0
 
-    def _deliver(self, batch: Sequence[Entry]) -> None:
+    def _deliver(self, batch: Sequence[Entry], created: bool = False) -> None:
         """Write one batch, splitting it on 413 and 400; raises InfluxError to retry later."""
         db = batch[0].db
         if db not in self.state.checked_databases:
@@ -173,10 +195,11 @@ class InfluxOutput:
         try:
             self.client.write(db, "\n".join(e.line for e in batch).encode())
         except InfluxError as err:
-            if err.status == 404 and "database not found" in err.server_message:
+            if err.status == 404 and "database not found" in err.server_message and not created:
                 self.state.checked_databases.discard(db)
                 self._ensure_database(db, must_create=True)
-                self.client.write(db, "\n".join(e.line for e in batch).encode())
+                self._deliver(batch, created=True)  # a 400 or 413 now is handled as usual
+                return
             elif err.status in (400, 413) and len(batch) > 1:
                 half = len(batch) // 2
                 self._deliver(batch[:half])
@@ -197,6 +220,10 @@ class InfluxOutput:
 
     def _ensure_database(self, db: str, must_create: bool = False) -> None:
         """Create ``db`` if missing and allowed; a user without admin rights still writes."""
+        if not must_create and not self.create_database:
+            # Nothing to do before writing: a 404 from the write says when it is missing.
+            self.state.checked_databases.add(db)
+            return
         try:
             if must_create or db not in self.client.databases():
                 if not self.create_database:
@@ -209,6 +236,8 @@ class InfluxOutput:
                 self.client.create_database(db)
                 log.info("created database %s at %s", quote_ident(db), self.client.url)
         except InfluxError as err:
+            if err.status == 401 and not must_create:
+                return  # wrong credentials: the write fails too and says so, once, clearly
             if err.status not in (401, 403) or must_create:
                 if must_create and err.status in (401, 403):
                     raise InfluxError(
@@ -233,7 +262,7 @@ class InfluxOutput:
         state.failures += 1
         slow = not err.retryable
         delay = self.backoff.delay(state.failures, slow=slow)
-        state.retry_at = time.time() + delay
+        state.retry_at = time.monotonic() + delay
         state.last_error = str(err)
         state.last_error_time = time.time()
         problem = f"{err.status}:{err.server_message[:60]}" if err.status else "network"

@@ -1,0 +1,419 @@
+"""DurableQueue on its own: order, crash safety (real SIGKILL), torn journals, cap, quarantine."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from agent import buffer
+from agent.buffer import (
+    DurableQueue,
+    QueueBusy,
+    read_quarantine,
+    read_stats,
+    release_quarantined,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def line(i: int, pad: int = 0) -> str:
+    return f"data,label=k pm_25={i}.5{'0' * pad} {1_700_000_000 + i}"
+
+
+def lines_of(entries) -> list[str]:
+    return [e.line for e in entries]
+
+
+def drain(queue: DurableQueue) -> list[tuple[str, str]]:
+    """Everything the queue holds, in delivery order, removing it as a sender would."""
+    out = []
+    while batch := queue.peek(1000, 1 << 30):
+        out += [(e.db, e.line) for e in batch]
+        queue.remove(batch)
+    return out
+
+
+def table_rows(directory: Path, name: str, table: str = "queue") -> int:
+    db = sqlite3.connect(f"file:{directory / (name + '.sqlite3')}?mode=ro", uri=True)
+    try:
+        return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    finally:
+        db.close()
+
+
+def integrity(directory: Path, name: str) -> str:
+    db = sqlite3.connect(directory / f"{name}.sqlite3")
+    try:
+        return db.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        db.close()
+
+
+def crash_after(directory: Path, script: str) -> None:
+    """Run ``script`` with ``q`` an open queue in a child, then SIGKILL it at once."""
+    code = textwrap.dedent(
+        """
+        import os, signal, sys
+        sys.path.insert(0, {root!r})
+        from agent.buffer import DurableQueue
+        q = DurableQueue({directory!r}, "q", sync_interval=3600)
+        def line(i, pad=0):
+            return f"data,label=k pm_25={{i}}.5{{'0' * pad}} {{1_700_000_000 + i}}"
+        """
+    ).format(root=str(ROOT), directory=str(directory))
+    code += textwrap.dedent(script) + "\nos.kill(os.getpid(), signal.SIGKILL)\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+# -- order -------------------------------------------------------------------------------------
+
+
+def test_peek_returns_oldest_entries_of_one_database_and_remove_advances(tmp_path):
+    q = DurableQueue(tmp_path, "q")
+    q.append([("a", line(1)), ("a", line(2))])
+    q.append([("b", line(3)), ("a", line(4))])
+    first = q.peek(100, 1 << 20)
+    assert [(e.db, e.line) for e in first] == [("a", line(1)), ("a", line(2))]
+    assert [e.seq for e in first] == sorted(e.seq for e in first)
+    assert q.peek(100, 1 << 20) == first  # peeking does not consume
+    q.remove(first)
+    assert [(e.db, e.line) for e in q.peek(100, 1 << 20)] == [("b", line(3))]
+    q.remove(q.peek(100, 1 << 20))
+    assert lines_of(q.peek(100, 1 << 20)) == [line(4)]
+    q.remove(q.peek(100, 1 << 20))
+    assert q.peek(100, 1 << 20) == [] and q.depth == 0
+    q.close()
+
+
+def test_peek_respects_line_and_byte_limits_but_returns_at_least_one(tmp_path):
+    q = DurableQueue(tmp_path, "q")
+    q.append([("a", line(i)) for i in range(10)])
+    assert lines_of(q.peek(3, 1 << 20)) == [line(0), line(1), line(2)]
+    one = q.peek(10, 1)  # smaller than any entry: still one, or a sender would stall
+    assert lines_of(one) == [line(0)]
+    two = q.peek(10, 2 * one[0].size)
+    assert lines_of(two) == [line(0), line(1)]
+    q.close()
+
+
+def test_order_is_kept_across_sync_and_reopen(tmp_path):
+    q = DurableQueue(tmp_path, "q")
+    q.append([("a", line(i)) for i in range(5)])
+    q.sync()  # 0..4 now in SQLite
+    q.append([("a", line(i)) for i in range(5, 8)])  # 5..7 in the journal
+    q.remove(q.peek(2, 1 << 20))  # 0, 1 delivered
+    assert [ln for _, ln in drain(q)] == [line(i) for i in range(2, 8)]
+    q.append([("a", line(i)) for i in range(8, 12)])
+    q.close()
+    q = DurableQueue(tmp_path, "q")
+    assert [ln for _, ln in drain(q)] == [line(i) for i in range(8, 12)]
+    q.close()
+
+
+# -- crash safety ------------------------------------------------------------------------------
+
+
+def test_append_survives_sigkill_the_moment_it_returns(tmp_path):
+    crash_after(tmp_path, 'q.append([("db1", line(i)) for i in range(50)])')
+    q = DurableQueue(tmp_path, "q")
+    assert q.depth == 50
+    assert drain(q) == [("db1", line(i)) for i in range(50)]
+    q.close()
+    assert integrity(tmp_path, "q") == "ok"
+
+
+def test_sigkill_keeps_everything_undelivered_across_sync_and_removals(tmp_path):
+    crash_after(
+        tmp_path,
+        """
+        q.append([("a", line(i)) for i in range(10)])
+        q.sync()
+        q.remove(q.peek(4, 1 << 20))          # 0..3 delivered (from SQLite)
+        q.append([("a", line(i)) for i in range(10, 20)])
+        q.remove(q.peek(6, 1 << 20))          # 4..9 delivered
+        """,
+    )
+    q = DurableQueue(tmp_path, "q")
+    got = [ln for _, ln in drain(q)]
+    q.close()
+    # The undelivered ones all came back, in order, with no delivered SQLite row resurrected.
+    assert got == [line(i) for i in range(10, 20)]
+    assert integrity(tmp_path, "q") == "ok"
+
+
+def test_quarantined_points_do_not_come_back_after_a_crash(tmp_path):
+    crash_after(
+        tmp_path,
+        """
+        q.append([("a", line(i)) for i in range(3)])
+        bad = [e for e in q.peek(10, 1 << 20) if e.line == line(1)]
+        q.quarantine(bad, "400: field type conflict")
+        """,
+    )
+    q = DurableQueue(tmp_path, "q")
+    got = [ln for _, ln in drain(q)]
+    q.close()
+    held = read_quarantine(tmp_path, "q")
+    assert [p.line for p in held] == [line(1)]  # held once, not twice
+    assert line(1) not in got, "a quarantined point was queued again after a crash"
+    assert line(0) in got and line(2) in got
+
+
+def test_journal_replay_stops_at_a_torn_tail_and_keeps_what_came_before(tmp_path, caplog):
+    crash_after(tmp_path, 'q.append([("a", line(i)) for i in range(3)])')
+    journal = tmp_path / "q.journal"
+    whole = journal.read_bytes()
+    record = buffer._pack(buffer.Entry(99, "a", line(99), 1.0))
+    journal.write_bytes(whole + record[: len(record) // 2])  # a power cut mid-write
+    with caplog.at_level(logging.WARNING, logger="sensorkit.buffer"):
+        q = DurableQueue(tmp_path, "q")
+    assert "torn record" in caplog.text
+    q.append([("a", line(3))])
+    assert [ln for _, ln in drain(q)] == [line(i) for i in range(4)]
+    q.close()
+
+
+def test_journal_record_with_a_bad_checksum_is_not_replayed(tmp_path):
+    crash_after(tmp_path, 'q.append([("a", line(i)) for i in range(3)])')
+    journal = tmp_path / "q.journal"
+    blob = bytearray(journal.read_bytes())
+    blob[-3] ^= 0xFF  # flip bits in the last record's text
+    journal.write_bytes(bytes(blob))
+    q = DurableQueue(tmp_path, "q")
+    assert [ln for _, ln in drain(q)] == [line(0), line(1)]
+    q.close()
+
+
+def test_a_failed_journal_write_leaves_no_torn_record_and_has_no_effect(tmp_path, monkeypatch):
+    q = DurableQueue(tmp_path, "q")
+    q.append([("a", line(0))])
+    real_write = os.write
+
+    def short_then_full(fd, data):
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(buffer.os, "write", short_then_full)
+    with pytest.raises(OSError):
+        q.append([("a", line(1)), ("a", line(2))])
+    monkeypatch.setattr(buffer.os, "write", real_write)
+    assert q.depth == 1
+    q.append([("a", line(3))])
+    # What a crash now would replay: every record whole, the failed append absent.
+    replayed = list(buffer._unpack_all((tmp_path / "q.journal").read_bytes()))
+    assert [e.line for e in replayed] == [line(0), line(3)]
+    assert [ln for _, ln in drain(q)] == [line(0), line(3)]
+    q.close()
+
+
+def test_short_journal_writes_are_completed(tmp_path, monkeypatch):
+    q = DurableQueue(tmp_path, "q")
+    real_write = os.write
+    monkeypatch.setattr(buffer.os, "write", lambda fd, data: real_write(fd, data[:7]))
+    q.append([("a", line(i)) for i in range(3)])
+    monkeypatch.setattr(buffer.os, "write", real_write)
+    replayed = list(buffer._unpack_all((tmp_path / "q.journal").read_bytes()))
+    assert [e.line for e in replayed] == [line(i) for i in range(3)]
+    q.close()
+
+
+# -- group commit ------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sync_moves_pending_into_sqlite_with_one_commit_and_empties_the_journal(tmp_path):
+    clock = Clock()
+    q = DurableQueue(tmp_path, "q", sync_interval=10, clock=clock)
+    q.append([("a", line(i)) for i in range(3)])
+    assert table_rows(tmp_path, "q") == 0  # only in the journal so far
+    assert (tmp_path / "q.journal").stat().st_size > 0
+    before = q.fsyncs
+    clock.now += 9
+    q.maybe_sync()
+    assert table_rows(tmp_path, "q") == 0 and q.fsyncs == before  # not yet due
+    clock.now += 1
+    q.maybe_sync()
+    assert table_rows(tmp_path, "q") == 3
+    assert q.fsyncs == before + 1
+    assert (tmp_path / "q.journal").stat().st_size == 0
+    assert q.depth == 3
+    q.close()
+
+
+def test_points_delivered_before_the_group_commit_never_touch_sqlite(tmp_path):
+    q = DurableQueue(tmp_path, "q")
+    q.append([("a", line(i)) for i in range(3)])
+    q.remove(q.peek(10, 1 << 20))
+    q.sync()
+    assert table_rows(tmp_path, "q") == 0
+    assert q.fsyncs == 0
+    q.close()
+
+
+def test_wal_stays_bounded_while_the_server_is_away(tmp_path):
+    q = DurableQueue(tmp_path, "q", max_bytes=1 << 30)
+    big = "x" * 2000
+    for i in range(400):  # ~8 MB through the WAL in 400 group commits
+        q.append([("a", f'data,label=k s="{big}" {1_700_000_000 + i * 10 + j}') for j in range(10)])
+        q.sync()
+    wal = tmp_path / "q.sqlite3-wal"
+    assert wal.stat().st_size < 6 * 1024 * 1024, "the WAL is never checkpointed while offline"
+    assert q.depth == 4000
+    q.close()
+    assert integrity(tmp_path, "q") == "ok"
+
+
+# -- the cap -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sync_each", [False, True], ids=["pending", "stored"])
+def test_cap_drops_the_oldest_counts_them_and_logs_once_per_episode(tmp_path, caplog, sync_each):
+    size = buffer.Entry(0, "a", line(0), 0).size
+    q = DurableQueue(tmp_path, "q", max_bytes=20 * size)
+    with caplog.at_level(logging.WARNING, logger="sensorkit.buffer"):
+        for i in range(100):
+            q.append([("a", line(i))])
+            if sync_each:
+                q.sync()
+            assert q.total_bytes <= q.max_bytes
+    full = [r for r in caplog.records if "is full" in r.getMessage()]
+    assert len(full) == 1
+    kept = [ln for _, ln in drain(q)]
+    assert 10 <= len(kept) <= 20
+    assert kept == [line(i) for i in range(100 - len(kept), 100)]  # the newest, in order
+    stats = q.stats()
+    assert stats["dropped"] == 100 - len(kept)
+    assert stats["queued"] == 0
+    # Drained below half the cap: the episode is over, and a new one is logged again.
+    assert any("below half" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sensorkit.buffer"):
+        for i in range(100, 150):
+            q.append([("a", line(i))])
+    assert len([r for r in caplog.records if "is full" in r.getMessage()]) == 1
+    dropped = q.stats()["dropped"]
+    q.close()
+    assert read_stats(tmp_path, "q")["dropped"] == dropped  # persisted for an offline status
+
+
+def test_points_dropped_by_the_cap_do_not_come_back_after_a_crash(tmp_path):
+    size = buffer.Entry(0, "a", line(0), 0).size
+    crash_after(
+        tmp_path,
+        f"""
+        q.max_bytes = {20 * size}
+        for i in range(100):
+            q.append([("a", line(i))])
+        """,
+    )
+    q = DurableQueue(tmp_path, "q", max_bytes=20 * size)
+    got = [ln for _, ln in drain(q)]
+    q.close()
+    assert len(got) <= 20
+    assert got == [line(i) for i in range(100 - len(got), 100)]
+
+
+# -- quarantine --------------------------------------------------------------------------------
+
+
+def test_quarantine_is_listed_with_its_reason_and_can_be_released(tmp_path):
+    q = DurableQueue(tmp_path, "q")
+    q.append([("a", line(i)) for i in range(3)])
+    q.sync()  # quarantine works on stored entries ...
+    q.append([("a", line(i)) for i in range(3, 6)])  # ... and on journal entries
+    stored = q.peek(10, 1 << 20)
+    assert lines_of(stored) == [line(0), line(1), line(2)]
+    q.quarantine(
+        [e for e in stored if e.line == line(1)], "400: partial write: field type conflict"
+    )
+    q.remove([e for e in stored if e.line != line(1)])
+    pending = q.peek(10, 1 << 20)
+    assert lines_of(pending) == [line(3), line(4), line(5)]
+    q.quarantine(
+        [e for e in pending if e.line == line(4)], "400: partial write: field type conflict"
+    )
+    assert q.depth == 2
+    assert q.stats()["quarantined"] == 2
+    held = read_quarantine(tmp_path, "q")  # read-only, while the queue is open
+    assert [(p.db, p.line) for p in held] == [("a", line(1)), ("a", line(4))]
+    assert all(p.reason == "400: partial write: field type conflict" for p in held)
+    assert all(p.quarantined >= p.queued for p in held)
+    assert [ln for _, ln in drain(q)] == [line(3), line(5)]
+    release_quarantined(tmp_path, "q", [held[0].id])
+    assert [p.line for p in read_quarantine(tmp_path, "q")] == [line(4)]
+    assert q.stats()["quarantined"] == 1
+    q.close()
+    assert read_stats(tmp_path, "q")["quarantined"] == 1
+
+
+# -- locking, status, integrity ----------------------------------------------------------------
+
+
+def test_a_second_open_of_the_same_queue_is_refused(tmp_path):
+    q = DurableQueue(tmp_path, "q")
+    with pytest.raises(QueueBusy, match="in use by another sensorkit process"):
+        DurableQueue(tmp_path, "q")
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from agent.buffer import DurableQueue, QueueBusy\n"
+        f"try:\n    DurableQueue({str(tmp_path)!r}, 'q')\nexcept QueueBusy:\n    sys.exit(7)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 7
+    other = DurableQueue(tmp_path, "other")  # another output's queue is another lock
+    other.close()
+    q.close()
+    DurableQueue(tmp_path, "q").close()  # free again once closed
+
+
+def test_stats_and_read_stats_agree_and_stats_work_after_close(tmp_path):
+    clock = Clock()
+    q = DurableQueue(tmp_path, "q", clock=clock)
+    q.append([("a", line(i)) for i in range(4)])
+    clock.now += 5
+    q.append([("a", line(4))])
+    q.remove(q.peek(1, 1 << 20))
+    live = q.stats()
+    assert live["queued"] == 4
+    assert live["oldest_queued"] == 1_000.0
+    assert live["delivered"] == 1 and live["last_delivery"] == 1_005.0
+    assert live["queued_bytes"] == sum(e.size for e in q.peek(10, 1 << 20))
+    q.close()
+    offline = read_stats(tmp_path, "q")
+    for key in ("queued", "queued_bytes", "oldest_queued", "delivered", "last_delivery"):
+        assert offline[key] == live[key], key
+    assert q.stats()["queued"] == 4  # the agent writes a last status after closing outputs
+
+
+def test_integrity_check_passes_after_mixed_work(tmp_path):
+    q = DurableQueue(tmp_path, "q", max_bytes=50_000)
+    for i in range(500):
+        q.append([("a", line(i, pad=i % 50))])
+        if i % 37 == 0:
+            q.sync()
+        if i % 11 == 0:
+            batch = q.peek(7, 1 << 20)
+            q.quarantine(batch[:1], "400: bad")
+            q.remove(batch[1:])
+    q.close()
+    assert integrity(tmp_path, "q") == "ok"
+    stats = read_stats(tmp_path, "q")
+    assert json.dumps(stats)  # plain JSON for `status --json`
