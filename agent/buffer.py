@@ -1,25 +1,20 @@
 """The durable queue an output owns: nothing accepted is lost to a crash, an outage or a reboot.
 
-Two files under ``state_dir``:
+The queue is a log of append-only segment files, the way an SD card likes to be written:
 
-- ``<name>.journal``: every append is one ``write()`` of CRC-checked records to this file
-  before :meth:`DurableQueue.append` returns, so it survives ``kill -9`` at once. It is not
-  fsynced: it only bridges the time until the next group commit.
-- ``<name>.sqlite3`` (WAL): every ``sync_interval`` seconds, what is still undelivered moves
-  from the journal into SQLite in one transaction with one fsync, and the journal is emptied.
-  A power cut can therefore cost at most ``sync_interval`` seconds of undelivered data
-  (``sync_interval = 0``: every append is committed with an fsync before it returns).
+- ``<name>.log/<number>.seg``: every :meth:`DurableQueue.append` is one ``write()`` of
+  CRC-checked records before it returns, so an appended point survives ``kill -9`` at once.
+  Every ``sync_interval`` seconds the segment written to is fdatasynced once: a power cut can
+  cost at most that many seconds of undelivered points, and the card sees one small flush per
+  interval. Segments are read back in order, and deleted once every point in them is settled.
+- ``<name>.head``: the first point not yet settled, written when a backlog drains or the cap
+  drops points (never per point), so a restart does not re-send much.
+- ``<name>.sqlite3`` (WAL): quarantined points with the server's reason, and counters.
 
-An append either reaches the journal whole or not at all (a failed write, e.g. a full disk, is
-cut back off and raised). Points quarantined or dropped by the cap leave the journal at once
-(the rest moves to SQLite), so a crash never brings them back; points delivered from the
-journal may be re-sent after a crash, which stores no duplicate. The WAL is checkpointed when
-it grows past a few MB, so it stays small during a long outage too.
-
-Online, points are usually delivered before the next group commit, so they never touch
-SQLite: an SD card sees the journal's small sequential writes and almost no fsyncs. Entries
-leave in order (oldest first); a point re-sent after a crash is the same point to InfluxDB,
-so at-least-once delivery stores no duplicates.
+Online, points are delivered before the next flush and the segment is simply truncated, so
+nothing but a little page cache is ever written. Points leave in order (oldest first); a
+point re-sent after a crash is the same point to InfluxDB, so at-least-once delivery stores
+no duplicates.
 """
 
 from __future__ import annotations
@@ -32,20 +27,20 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("sensorkit.buffer")
 
-_HEADER = struct.Struct(">IQdHI")  # crc32, seq, queued time, len(db), len(line)
-_ROW_OVERHEAD = 48  # bytes a queued row costs beyond its text, for the size cap
+_HEADER = struct.Struct(">IQdHI")  # crc32 of the rest, seq, queued time, len(db), len(line)
+_BODY_HEADER = struct.Struct(">QdHI")
+SEGMENT_MAX = 1024 * 1024  # bytes; smaller when the cap is small (see _segment_max)
+COUNTERS_EVERY = 600.0  # seconds between writes of the delivery counters while running
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS queue (
-    seq INTEGER PRIMARY KEY, db TEXT NOT NULL, line TEXT NOT NULL, queued REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, db TEXT NOT NULL, line TEXT NOT NULL,
+    id INTEGER PRIMARY KEY AUTOINCREMENT, seq INTEGER, db TEXT NOT NULL, line TEXT NOT NULL,
     reason TEXT NOT NULL, queued REAL NOT NULL, quarantined REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value);
 """
@@ -53,16 +48,13 @@ CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value);
 
 @dataclass(frozen=True)
 class Entry:
-    """One queued point: its order, its database and its line of line protocol."""
+    """One queued point: its order, its database, its line of line protocol, its record size."""
 
     seq: int
     db: str
     line: str
     queued: float
-
-    @property
-    def size(self) -> int:
-        return len(self.line.encode()) + len(self.db) + _ROW_OVERHEAD
+    size: int = 0  # bytes of its record on disk: what the cap counts
 
 
 @dataclass(frozen=True)
@@ -75,8 +67,73 @@ class QuarantinedPoint:
     quarantined: float
 
 
+@dataclass
+class _Segment:
+    number: int
+    path: Path
+    first_seq: int = 0
+    last_seq: int = -1
+    size: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return self.size == 0
+
+
 class QueueBusy(RuntimeError):
     """Another process holds this queue (a second agent, or a publish still running)."""
+
+
+def _pack(seq: int, db: str, line: str, queued: float) -> bytes:
+    db_bytes, line_bytes = db.encode(), line.encode()
+    body = _BODY_HEADER.pack(seq, queued, len(db_bytes), len(line_bytes)) + db_bytes + line_bytes
+    return struct.pack(">I", zlib.crc32(body)) + body
+
+
+def _records(blob: bytes, check: bool = True) -> Iterator[tuple[int, Entry]]:
+    """(offset after, entry) for each whole record; stops at a torn or corrupt one."""
+    offset, end = 0, len(blob)
+    unpack = _HEADER.unpack_from
+    while offset + _HEADER.size <= end:
+        crc, seq, queued, db_len, line_len = unpack(blob, offset)
+        start = offset + _HEADER.size
+        stop = start + db_len + line_len
+        if stop > end or (check and zlib.crc32(blob[offset + 4 : stop]) != crc):
+            return
+        db = blob[start : start + db_len].decode()
+        line = blob[start + db_len : stop].decode()
+        yield stop, Entry(seq, db, line, queued, stop - offset)
+        offset = stop
+
+
+@dataclass
+class _Log:
+    """What a scan of the segment files found (used by the queue and by ``status``)."""
+
+    segments: list[_Segment] = field(default_factory=list)
+    head: int = 0
+    torn: list[tuple[_Segment, int]] = field(default_factory=list)  # (segment, valid length)
+
+
+def _scan(directory: Path, name: str) -> _Log:
+    found = _Log()
+    head_path = directory / f"{name}.head"
+    try:
+        found.head = int(head_path.read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        found.head = 0
+    folder = directory / f"{name}.log"
+    for path in sorted(folder.glob("*.seg")) if folder.is_dir() else []:
+        segment = _Segment(int(path.stem), path)
+        blob = path.read_bytes()
+        for stop, entry in _records(blob):
+            if segment.empty:
+                segment.first_seq = entry.seq
+            segment.last_seq, segment.size = entry.seq, stop
+        if segment.size != len(blob):
+            found.torn.append((segment, segment.size))
+        found.segments.append(segment)
+    return found
 
 
 class DurableQueue:
@@ -87,7 +144,7 @@ class DurableQueue:
         directory: str | os.PathLike[str],
         name: str,
         max_bytes: int = 64 * 1024 * 1024,
-        sync_interval: float = 10.0,
+        sync_interval: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.directory = Path(directory)
@@ -96,7 +153,7 @@ class DurableQueue:
         self.max_bytes = max_bytes
         self.sync_interval = sync_interval
         self.clock = clock
-        self.fsyncs = 0  # group commits and checkpoints, for benchmarks and status
+        self.fsyncs = 0  # fdatasyncs and durable commits, for benchmarks
         self._lock = threading.RLock()
         self._lockfile = os.open(self.directory / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -111,23 +168,71 @@ class DurableQueue:
             self.directory / f"{name}.sqlite3", check_same_thread=False, isolation_level=None
         )
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints are ours: see _checkpoint
+        self._db.execute("PRAGMA synchronous=FULL")  # rare writes, each one must last
         self._db.executescript(_SCHEMA)
-        self._pending: dict[int, Entry] = {}
-        self._pending_bytes = 0
         self._counters = dict(self._db.execute("SELECT key, value FROM counters").fetchall())
         self._counters_dirty = False
+        self._counters_written = time.monotonic()
         self._dropping = False
-        self._stored_count = self._stored_bytes = 0
-        self._recount()
-        top = self._db.execute("SELECT coalesce(max(seq), 0) FROM queue").fetchone()[0]
-        self._journal_path = self.directory / f"{name}.journal"
-        self._next_seq = max(top, self._replay_journal()) + 1
-        self._journal = os.open(self._journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._journal_size = os.fstat(self._journal).st_size
-        self._last_sync = self.clock()
+        self._folder = self.directory / f"{name}.log"
+        self._folder.mkdir(exist_ok=True)
+        self._head_path = self.directory / f"{name}.head"
+        self._open_log()
+        self._last_sync = time.monotonic()
         self._closed: dict[str, object] | None = None  # the last stats, once closed
+
+    def _open_log(self) -> None:
+        found = _scan(self.directory, self.name)
+        for segment, valid in found.torn:
+            log.warning(
+                "queue %s: %s ends in a torn record (power cut?); %d bytes after it dropped",
+                self.name,
+                segment.path.name,
+                segment.path.stat().st_size - valid,
+            )
+            os.truncate(segment.path, valid)
+        self._segments = [s for s in found.segments if not s.empty]
+        for segment in found.segments:
+            if segment.empty:
+                segment.path.unlink()
+        # Sequence numbers never repeat: quarantined points keep theirs.
+        (quarantined_top,) = self._db.execute(
+            "SELECT coalesce(max(seq) + 1, 0) FROM quarantine"
+        ).fetchone()
+        self._head = found.head
+        self._head_written = found.head
+        self._next_seq = max(
+            [found.head, quarantined_top] + [s.last_seq + 1 for s in self._segments]
+        )
+        self._settled: set[int] = {  # settled out of order: above the head, below _next_seq
+            seq
+            for (seq,) in self._db.execute(
+                "SELECT seq FROM quarantine WHERE seq >= ?", (self._head,)
+            )
+        }
+        self._count = self._bytes = 0
+        self._oldest: float | None = None
+        for entry in self._scan_unsettled():
+            self._count += 1
+            self._bytes += entry.size
+            if self._oldest is None:
+                self._oldest = entry.queued
+        self._advance_head()
+        number = self._segments[-1].number + 1 if self._segments else 1
+        self._start_segment(number)
+
+    def _start_segment(self, number: int) -> None:
+        segment = _Segment(number, self._folder / f"{number:016d}.seg")
+        self._fd = os.open(segment.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._segments.append(segment)
+        self._dirty = False
+
+    @property
+    def _active(self) -> _Segment:
+        return self._segments[-1]
+
+    def _segment_max(self) -> int:
+        return max(4096, min(SEGMENT_MAX, self.max_bytes // 8))
 
     # -- appending ------------------------------------------------------------------------
 
@@ -136,60 +241,87 @@ class DurableQueue:
         if not items:
             return
         with self._lock:
+            if self._closed is not None:
+                raise RuntimeError(f"queue {self.name} is closed")
             now = self.clock()
-            entries = []
-            for db, line in items:
-                entries.append(Entry(self._next_seq + len(entries), db, line, now))
-            blob = b"".join(_pack(entry) for entry in entries)
-            self._write_journal(blob)
-            self._next_seq += len(entries)
-            for entry in entries:
-                self._pending[entry.seq] = entry
-                self._pending_bytes += entry.size
+            seq = self._next_seq
+            blob = b"".join(_pack(seq + i, db, line, now) for i, (db, line) in enumerate(items))
+            if not self._active.empty and self._active.size + len(blob) > self._segment_max():
+                self._rotate()
+            self._write(blob)
+            segment = self._active
+            if segment.empty:
+                segment.first_seq = seq
+            segment.last_seq = seq + len(items) - 1
+            segment.size += len(blob)
+            self._next_seq = seq + len(items)
+            self._count += len(items)
+            self._bytes += len(blob)
+            if self._oldest is None:
+                self._oldest = now
+            self._dirty = True
             self._enforce_cap()
             if self.sync_interval <= 0:
                 self.sync()
 
-    def _write_journal(self, blob: bytes) -> None:
+    def _write(self, blob: bytes) -> None:
         """Append ``blob`` whole (short writes are completed), or cut it off and raise."""
         view = memoryview(blob)
         try:
             while view:
-                written = os.write(self._journal, view)
-                view = view[written:]
+                view = view[os.write(self._fd, view) :]
         except OSError as err:
             try:  # no torn record may stay: it would hide every later one from a replay
-                os.ftruncate(self._journal, self._journal_size)
+                os.ftruncate(self._fd, self._active.size)
             except OSError:
-                log.exception("queue %s: cannot cut a failed write off the journal", self.name)
+                log.exception("queue %s: cannot cut a failed write off", self.name)
             raise OSError(
                 err.errno,
-                f"queue {self.name}: cannot append to {self._journal_path}: {err.strerror}; "
+                f"queue {self.name}: cannot append to {self._active.path}: {err.strerror}; "
                 "the point was not queued",
             ) from err
-        self._journal_size += len(blob)
+
+    def _rotate(self) -> None:
+        """Flush and close the full segment and start the next one."""
+        if self._dirty:
+            os.fdatasync(self._fd)
+            self.fsyncs += 1
+        os.close(self._fd)
+        self._start_segment(self._active.number + 1)
 
     # -- reading and settling -------------------------------------------------------------
 
-    def peek(self, max_lines: int, max_bytes: int) -> list[Entry]:
-        """The oldest entries of one database, up to the limits (at least one entry)."""
+    def _scan_unsettled(self, after: int = -1) -> Iterator[Entry]:
+        """Unsettled entries in order, with seq > ``after``, read from the segment files."""
+        start = max(self._head, after + 1)
+        for segment in list(self._segments):
+            if segment.empty or segment.last_seq < start:
+                continue
+            try:
+                blob = segment.path.read_bytes()[: segment.size]
+            except FileNotFoundError:
+                continue
+            for _, entry in _records(blob, check=False):
+                if entry.seq >= start and entry.seq not in self._settled:
+                    yield entry
+
+    def peek(self, max_lines: int, max_bytes: int, after: int = -1) -> list[Entry]:
+        """The oldest unsettled entries of one database (seq > ``after``), up to the limits.
+
+        At least one entry is returned when any is left; ``after`` lets a sender read past
+        a batch that is still in flight.
+        """
         with self._lock:
-            if self._closed is not None:
+            if self._closed is not None or not self._count:
                 return []
-            candidates: Sequence[Entry] = []
-            if self._stored_count:
-                rows = self._db.execute(
-                    "SELECT seq, db, line, queued FROM queue ORDER BY seq LIMIT ?", (max_lines,)
-                ).fetchall()
-                candidates = [Entry(*row) for row in rows]
-                if not candidates:  # a count gone wrong must not hide the journal's entries
-                    self._recount()
-            if not candidates:
-                candidates = list(_first(self._pending.values(), max_lines))
             batch: list[Entry] = []
             size = 0
-            for entry in candidates:
-                if batch and (entry.db != batch[0].db or size + entry.size > max_bytes):
+            for entry in self._scan_unsettled(after):
+                if batch and (
+                    len(batch) >= max_lines
+                    or entry.db != batch[0].db
+                    or size + entry.size > max_bytes
+                ):
                     break
                 batch.append(entry)
                 size += entry.size
@@ -198,11 +330,10 @@ class DurableQueue:
     def remove(self, entries: Sequence[Entry]) -> None:
         """Forget entries the server accepted."""
         with self._lock:
-            if self._closed is not None:  # a sender outliving close(): they are re-sent later
-                return
-            self._forget(entries)
-            self._count("delivered", len(entries))
-            self._set("last_delivery", self.clock())
+            settled = self._settle(entries)
+            if settled:
+                self._count_up("delivered", settled)
+                self._counters["last_delivery"] = self.clock()
 
     def quarantine(self, entries: Sequence[Entry], reason: str) -> None:
         """Move entries the server refused for good aside, with the server's reason."""
@@ -212,100 +343,104 @@ class DurableQueue:
             if self._closed is not None:
                 return
             now = self.clock()
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._settle(entries)
+            self._count_up("quarantined", len(entries))
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT INTO quarantine (db, line, reason, queued, quarantined)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(e.db, e.line, reason, e.queued, now) for e in entries],
+                "INSERT INTO quarantine (seq, db, line, reason, queued, quarantined)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(e.seq, e.db, e.line, reason, e.queued, now) for e in entries],
             )
-            self._forget(entries, in_transaction=True)
-            self._count("quarantined", len(entries))
-            # The journal still holds the quarantined points: move what else it holds into
-            # SQLite in this same commit and empty it, or a crash would queue them again.
-            self._store_pending()
+            self._write_counters()
             self._db.execute("COMMIT")
-            self._db.execute("PRAGMA synchronous=NORMAL")
             self.fsyncs += 1
-            self._truncate_journal()
 
-    def _forget(self, entries: Sequence[Entry], in_transaction: bool = False) -> None:
-        stored: list[Entry] = []
+    def _settle(self, entries: Sequence[Entry]) -> int:
+        """Mark entries settled; returns how many were not settled already."""
+        fresh = 0
         for entry in entries:
-            pending = self._pending.pop(entry.seq, None)
-            if pending is not None:
-                self._pending_bytes -= pending.size
-            else:
-                stored.append(entry)
-        if stored:
-            if not in_transaction:
-                self._db.execute("BEGIN")
-            deleted = self._db.executemany(
-                "DELETE FROM queue WHERE seq = ?", [(e.seq,) for e in stored]
-            ).rowcount
-            if not in_transaction:
-                self._db.execute("COMMIT")
-                self._checkpoint_if_big()
-            if deleted == len(stored):
-                self._stored_count -= deleted
-                self._stored_bytes -= sum(e.size for e in stored)
-            else:  # some were dropped by the cap meanwhile: count afresh
-                self._recount()
-        if self._dropping and self.total_bytes < self.max_bytes // 2:
+            if entry.seq < self._head or entry.seq in self._settled:
+                continue
+            if entry.seq >= self._next_seq:
+                continue
+            self._settled.add(entry.seq)
+            self._count -= 1
+            self._bytes -= entry.size
+            fresh += 1
+        self._advance_head()
+        if self._dropping and self._bytes < self.max_bytes // 2:
             self._dropping = False
             log.warning(
                 "queue %s: below half its cap again; %d points dropped in all",
                 self.name,
                 self._counters.get("dropped", 0),
             )
+        return fresh
+
+    def _advance_head(self) -> None:
+        before = self._head
+        while self._head in self._settled:
+            self._settled.discard(self._head)
+            self._head += 1
+        if not self._count:
+            self._head = self._next_seq
+            self._settled.clear()
+        if self._head != before or not self._count:
+            self._oldest = None  # recomputed lazily by stats()
 
     # -- durability -----------------------------------------------------------------------
 
     def sync(self) -> None:
-        """Group commit: move what is still undelivered into SQLite with one fsync."""
+        """Make what is undelivered durable (one fdatasync) and drop settled segments."""
         with self._lock:
             if self._closed is not None:
                 return
-            if self._pending:
-                self._db.execute("PRAGMA synchronous=FULL")
-                self._db.execute("BEGIN")
-                self._store_pending()
-                self._db.execute("COMMIT")
-                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._compact()
+            if self._dirty and not self._active.empty:
+                os.fdatasync(self._fd)
                 self.fsyncs += 1
-                self._checkpoint_if_big()
-            self._truncate_journal()
-            self._last_sync = self.clock()
+            self._dirty = False
+            self._write_head()
+            if time.monotonic() - self._counters_written >= COUNTERS_EVERY:
+                self.flush_counters()
+            self._last_sync = time.monotonic()
 
-    def _store_pending(self) -> None:
-        """Within a transaction: the journal's entries into the queue table, and counters."""
-        self._db.executemany(
-            "INSERT OR REPLACE INTO queue (seq, db, line, queued) VALUES (?, ?, ?, ?)",
-            [(e.seq, e.db, e.line, e.queued) for e in self._pending.values()],
-        )
-        if self._counters_dirty:  # unchanged while the server is away: no page to rewrite
-            self._write_counters()
-        self._stored_count += len(self._pending)
-        self._stored_bytes += self._pending_bytes
-        self._pending.clear()
-        self._pending_bytes = 0
+    def _compact(self) -> None:
+        """Delete segments every point of which is settled; empty the active one if it is."""
+        for segment in self._segments[:-1]:
+            if segment.last_seq < self._head:
+                segment.path.unlink(missing_ok=True)
+        self._segments = [s for s in self._segments[:-1] if s.last_seq >= self._head] + [
+            self._active
+        ]
+        active = self._active
+        if not active.empty and active.last_seq < self._head:
+            os.ftruncate(self._fd, 0)  # all delivered: the page cache never reaches the card
+            active.size, active.last_seq = 0, -1
+            self._dirty = False
 
-    def _truncate_journal(self) -> None:
-        """Empty the journal: call only once all it holds is committed or meant to go."""
-        if self._journal_size:
-            os.ftruncate(self._journal, 0)
-            self._journal_size = 0
+    def _write_head(self, always: bool = False) -> None:
+        """Record the head when points remain on disk and it moved (a drain, a drop)."""
+        on_disk = any(not s.empty for s in self._segments)
+        if self._head == self._head_written or not (on_disk or always):
+            return
+        tmp = self._head_path.with_suffix(".tmp")
+        tmp.write_text(f"{self._head}\n")
+        os.replace(tmp, self._head_path)
+        self._head_written = self._head
 
     def maybe_sync(self) -> None:
         """:meth:`sync` when ``sync_interval`` has passed since the last one."""
-        if self.clock() - self._last_sync >= self.sync_interval:
+        if time.monotonic() - self._last_sync >= self.sync_interval:
             self.sync()
 
     def flush_counters(self) -> None:
-        """Persist delivery counters (cheap; done at close and now and then)."""
+        """Persist delivery counters (done at close, on drops and quarantine, and hourly)."""
         with self._lock:
-            if self._counters_dirty:
+            if self._counters_dirty and self._closed is None:
+                self._db.execute("BEGIN")
                 self._write_counters()
+                self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -313,12 +448,15 @@ class DurableQueue:
                 return
             try:
                 self.sync()
+                self._write_head(always=True)
                 self.flush_counters()
                 self._closed = self.stats()
             finally:
                 if self._closed is None:
                     self._closed = {}
-                os.close(self._journal)
+                os.close(self._fd)
+                if self._active.empty:
+                    self._active.path.unlink(missing_ok=True)
                 self._db.close()
                 os.close(self._lockfile)
 
@@ -326,25 +464,25 @@ class DurableQueue:
 
     @property
     def depth(self) -> int:
-        return self._stored_count + len(self._pending)
+        return self._count
 
     @property
     def total_bytes(self) -> int:
-        return self._stored_bytes + self._pending_bytes
+        return self._bytes
 
     def stats(self) -> dict[str, object]:
         """Depth, bytes, oldest queued time, counters: the queue's part of ``status``."""
         with self._lock:
-            if self._closed is not None:  # the last figures (status after the outputs closed)
+            if self._closed is not None:
                 return dict(self._closed)
-            oldest = self._db.execute("SELECT min(queued) FROM queue").fetchone()[0]
-            if oldest is None and self._pending:
-                oldest = next(iter(self._pending.values())).queued
+            if self._oldest is None and self._count:
+                first = next(self._scan_unsettled(), None)
+                self._oldest = first.queued if first else None
             held = self._db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
             return {
-                "queued": self.depth,
-                "queued_bytes": self.total_bytes,
-                "oldest_queued": oldest,
+                "queued": self._count,
+                "queued_bytes": self._bytes,
+                "oldest_queued": self._oldest,
                 "quarantined": held,
                 "dropped": self._counters.get("dropped", 0),
                 "delivered": self._counters.get("delivered", 0),
@@ -354,65 +492,34 @@ class DurableQueue:
     # -- internals ------------------------------------------------------------------------
 
     def _enforce_cap(self) -> None:
-        if self.total_bytes <= self.max_bytes:
+        if self._bytes <= self.max_bytes:
             return
-        target = int(self.max_bytes * 0.95)
-        dropped = 0
-        if self._stored_count:
-            rows = self._db.execute(
-                "SELECT seq, length(CAST(line AS BLOB)) + length(db) FROM queue ORDER BY seq"
-            )
-            doomed, freed = [], 0
-            for seq, size in rows:
-                if self.total_bytes - freed <= target:
-                    break
-                doomed.append((seq,))
-                freed += size + _ROW_OVERHEAD
-            rows.close()
-            self._db.execute("BEGIN")
-            self._db.executemany("DELETE FROM queue WHERE seq = ?", doomed)
-            self._count("dropped", len(doomed))
-            self._write_counters()
-            self._db.execute("COMMIT")
-            self._stored_count -= len(doomed)
-            self._stored_bytes -= freed
-            dropped += len(doomed)
-            self._checkpoint_if_big()
-        dropped_pending = 0
-        while self._pending and self.total_bytes > target:
-            seq = next(iter(self._pending))
-            self._pending_bytes -= self._pending.pop(seq).size
-            dropped_pending += 1
-        if dropped_pending:
-            # The journal still holds the dropped points: commit the rest and empty it, or a
-            # crash would bring them back. From now on the oldest are in SQLite, dropped above.
-            self._count("dropped", dropped_pending)
-            dropped += dropped_pending
-            self.sync()
-        if dropped and not self._dropping:
+        target = int(self.max_bytes * 0.9)  # drop in chunks: one head write per chunk
+        doomed = []
+        freed = 0
+        for entry in self._scan_unsettled():
+            if self._bytes - freed <= target:
+                break
+            doomed.append(entry)
+            freed += entry.size
+        self._settle(doomed)
+        self._count_up("dropped", len(doomed))
+        self._compact()
+        self._write_head()
+        self.flush_counters()
+        if doomed and not self._dropping:
             self._dropping = True
             log.warning(
-                "queue %s is full (cap %.1f MB): dropping the oldest points (%d now); "
+                "queue %s is full (cap %.2f MB): dropping the oldest points (%d now); "
                 "every drop is counted in `sensorkit status`; raise [influx] queue_max_mb "
                 "to keep more",
                 self.name,
                 self.max_bytes / 1e6,
-                dropped,
+                len(doomed),
             )
 
-    def _recount(self) -> None:
-        count, size = self._db.execute(
-            "SELECT count(*), coalesce(sum(length(CAST(line AS BLOB)) + length(db)), 0) FROM queue"
-        ).fetchone()
-        self._stored_count = count
-        self._stored_bytes = size + count * _ROW_OVERHEAD
-
-    def _count(self, key: str, n: int) -> None:
+    def _count_up(self, key: str, n: int) -> None:
         self._counters[key] = self._counters.get(key, 0) + n
-        self._counters_dirty = True
-
-    def _set(self, key: str, value: object) -> None:
-        self._counters[key] = value
         self._counters_dirty = True
 
     def _write_counters(self) -> None:
@@ -420,91 +527,36 @@ class DurableQueue:
             "INSERT OR REPLACE INTO counters (key, value) VALUES (?, ?)", self._counters.items()
         )
         self._counters_dirty = False
-
-    def _checkpoint_if_big(self) -> None:
-        wal = self.directory / f"{self.name}.sqlite3-wal"
-        try:
-            if wal.stat().st_size > 4 * 1024 * 1024:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                self.fsyncs += 2
-        except FileNotFoundError:
-            pass
-
-    def _replay_journal(self) -> int:
-        """Move journal records a crash left behind into SQLite; returns the highest seq."""
-        try:
-            blob = self._journal_path.read_bytes()
-        except FileNotFoundError:
-            return 0
-        entries = list(_unpack_all(blob))
-        if entries:
-            self._db.execute("PRAGMA synchronous=FULL")  # durable before the journal goes
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO queue (seq, db, line, queued) VALUES (?, ?, ?, ?)",
-                [(e.seq, e.db, e.line, e.queued) for e in entries],
-            )
-            self._db.execute("COMMIT")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._recount()
-            log.info("queue %s: recovered %d points from the journal", self.name, len(entries))
-        self._journal_path.unlink()
-        return max((e.seq for e in entries), default=0)
-
-
-def _pack(entry: Entry) -> bytes:
-    db, line = entry.db.encode(), entry.line.encode()
-    body = struct.pack(">QdHI", entry.seq, entry.queued, len(db), len(line)) + db + line
-    return struct.pack(">I", zlib.crc32(body)) + body
-
-
-def _unpack_all(blob: bytes):
-    """Records from a journal; stops at the first torn or corrupt record (a power cut)."""
-    offset = 0
-    while offset + _HEADER.size <= len(blob):
-        crc, seq, queued, db_len, line_len = _HEADER.unpack_from(blob, offset)
-        end = offset + _HEADER.size + db_len + line_len
-        if end > len(blob) or zlib.crc32(blob[offset + 4 : end]) != crc:
-            log.warning("journal: a torn record at byte %d was left out (power cut?)", offset)
-            return
-        start = offset + _HEADER.size
-        db = blob[start : start + db_len].decode()
-        line = blob[start + db_len : end].decode()
-        yield Entry(seq, db, line, queued)
-        offset = end
-
-
-def _first(entries, n: int):
-    for i, entry in enumerate(entries):
-        if i >= n:
-            return
-        yield entry
+        self._counters_written = time.monotonic()
 
 
 def read_stats(directory: str | os.PathLike[str], name: str) -> dict[str, object] | None:
     """A queue's stats read without opening it for writing (for ``status``); None if absent."""
-    path = Path(directory) / f"{name}.sqlite3"
+    directory = Path(directory)
+    path = directory / f"{name}.sqlite3"
     if not path.exists():
         return None
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        count, size, oldest = db.execute(
-            "SELECT count(*), coalesce(sum(length(CAST(line AS BLOB)) + length(db)), 0),"
-            " min(queued) FROM queue"
-        ).fetchone()
-        held = db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+        held_seqs = {seq for (seq,) in db.execute("SELECT seq FROM quarantine")}
+        held = len(held_seqs)
         counters = dict(db.execute("SELECT key, value FROM counters").fetchall())
     finally:
         db.close()
-    try:
-        journal = list(_unpack_all((Path(directory) / f"{name}.journal").read_bytes()))
-    except FileNotFoundError:
-        journal = []
-    times = [e.queued for e in journal] + ([oldest] if oldest is not None else [])
+    found = _scan(directory, name)
+    count = size = 0
+    oldest = None
+    for segment in found.segments:
+        blob = segment.path.read_bytes()[: segment.size]
+        for _, entry in _records(blob, check=False):
+            if entry.seq >= found.head and entry.seq not in held_seqs:
+                count += 1
+                size += entry.size
+                oldest = entry.queued if oldest is None else oldest
     return {
-        "queued": count + len(journal),
-        "queued_bytes": size + count * _ROW_OVERHEAD + sum(e.size for e in journal),
-        "oldest_queued": min(times, default=None),
+        "queued": count,
+        "queued_bytes": size,
+        "oldest_queued": oldest,
         "quarantined": held,
         "dropped": counters.get("dropped", 0),
         "delivered": counters.get("delivered", 0),

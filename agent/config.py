@@ -436,7 +436,7 @@ def _influx(s: _Section, path: Path) -> InfluxSettings:
         batch_size=s.number("batch_size", 5000, int, 1, 100000, "points"),
         batch_kb=s.number("batch_kb", 4096, int, 1, 1_000_000, "KiB"),
         gzip=s.flag("gzip", True),
-        sync_interval=s.number("sync_interval", 10.0, float, 0.0, 3600, "seconds"),
+        sync_interval=s.number("sync_interval", 30.0, float, 0.0, 3600, "seconds"),
         queue_max_mb=s.number("queue_max_mb", 64.0, float, 0.01, 1_000_000, "MB"),
         retry_max=s.number("retry_max", 60.0, float, 1, 86400, "seconds"),
     )

@@ -135,19 +135,12 @@ def assert_exactly_once(server: InfluxServer, db: str, built: list[dict], missin
 
 
 def queued_lines(state_dir: Path, name: str = "influx") -> list[str]:
-    """What the queue holds on disk (journal and SQLite), read without changing it."""
-    lines = []
-    journal = state_dir / f"{name}.journal"
-    if journal.exists():
-        lines += [e.line for e in buffer._unpack_all(journal.read_bytes())]
-    path = state_dir / f"{name}.sqlite3"
-    if path.exists():
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            lines += [row[0] for row in db.execute("SELECT line FROM queue")]
-        finally:
-            db.close()
-    return lines
+    """Every record in the queue's segment files, read without changing them."""
+    return [
+        e.line
+        for path in sorted((state_dir / f"{name}.log").glob("*.seg"))
+        for _, e in buffer._records(path.read_bytes())
+    ]
 
 
 def integrity(state_dir: Path, name: str = "influx") -> str:
@@ -219,7 +212,7 @@ def test_kill_9_during_sends_loses_and_duplicates_nothing(fresh_influx, tmp_path
     backlog = 0
     try:
         for round_ in range(5):
-            # Odd rounds the server answers 503: a backlog goes through journal and SQLite.
+            # Odd rounds the server answers 503: a backlog builds up in the segment files.
             proxy.failures[:] = [503] * 100_000 if round_ % 2 else []
             agent = start_agent(config, log=log)
             time.sleep(rng.uniform(1.0, 3.0))

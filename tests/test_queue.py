@@ -1,4 +1,4 @@
-"""DurableQueue on its own: order, crash safety (real SIGKILL), torn journals, cap, quarantine."""
+"""DurableQueue on its own: order, crash safety (real SIGKILL), torn segments, cap, quarantine."""
 
 from __future__ import annotations
 
@@ -44,12 +44,19 @@ def drain(queue: DurableQueue) -> list[tuple[str, str]]:
     return out
 
 
-def table_rows(directory: Path, name: str, table: str = "queue") -> int:
-    db = sqlite3.connect(f"file:{directory / (name + '.sqlite3')}?mode=ro", uri=True)
-    try:
-        return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-    finally:
-        db.close()
+def segments(directory: Path, name: str = "q") -> list[Path]:
+    return sorted((directory / f"{name}.log").glob("*.seg"))
+
+
+def on_disk(directory: Path, name: str = "q") -> list[str]:
+    """The lines of every whole record in the segment files, in order."""
+    return [
+        e.line for path in segments(directory, name) for _, e in buffer._records(path.read_bytes())
+    ]
+
+
+def record_size(i: int) -> int:
+    return len(buffer._pack(0, "a", line(i), 0.0))
 
 
 def integrity(directory: Path, name: str) -> str:
@@ -134,22 +141,23 @@ def test_append_survives_sigkill_the_moment_it_returns(tmp_path):
     assert integrity(tmp_path, "q") == "ok"
 
 
-def test_sigkill_keeps_everything_undelivered_across_sync_and_removals(tmp_path):
+def test_sigkill_keeps_everything_undelivered_and_resends_only_since_the_last_sync(tmp_path):
     crash_after(
         tmp_path,
         """
         q.append([("a", line(i)) for i in range(10)])
-        q.sync()
-        q.remove(q.peek(4, 1 << 20))          # 0..3 delivered (from SQLite)
+        q.remove(q.peek(4, 1 << 20))          # 0..3 delivered
+        q.sync()                              # ... and recorded as such
         q.append([("a", line(i)) for i in range(10, 20)])
-        q.remove(q.peek(6, 1 << 20))          # 4..9 delivered
+        q.remove(q.peek(6, 1 << 20))          # 4..9 delivered, not yet recorded
         """,
     )
     q = DurableQueue(tmp_path, "q")
     got = [ln for _, ln in drain(q)]
     q.close()
-    # The undelivered ones all came back, in order, with no delivered SQLite row resurrected.
-    assert got == [line(i) for i in range(10, 20)]
+    # Every undelivered point came back in order; of the delivered ones only those after the
+    # last sync are sent again (the same point to InfluxDB: no duplicate is stored).
+    assert got == [line(i) for i in range(4, 20)]
     assert integrity(tmp_path, "q") == "ok"
 
 
@@ -171,11 +179,11 @@ def test_quarantined_points_do_not_come_back_after_a_crash(tmp_path):
     assert line(0) in got and line(2) in got
 
 
-def test_journal_replay_stops_at_a_torn_tail_and_keeps_what_came_before(tmp_path, caplog):
+def test_replay_stops_at_a_torn_tail_and_keeps_what_came_before(tmp_path, caplog):
     crash_after(tmp_path, 'q.append([("a", line(i)) for i in range(3)])')
-    journal = tmp_path / "q.journal"
+    journal = segments(tmp_path)[-1]
     whole = journal.read_bytes()
-    record = buffer._pack(buffer.Entry(99, "a", line(99), 1.0))
+    record = buffer._pack(99, "a", line(99), 1.0)
     journal.write_bytes(whole + record[: len(record) // 2])  # a power cut mid-write
     with caplog.at_level(logging.WARNING, logger="sensorkit.buffer"):
         q = DurableQueue(tmp_path, "q")
@@ -185,9 +193,9 @@ def test_journal_replay_stops_at_a_torn_tail_and_keeps_what_came_before(tmp_path
     q.close()
 
 
-def test_journal_record_with_a_bad_checksum_is_not_replayed(tmp_path):
+def test_record_with_a_bad_checksum_is_not_replayed(tmp_path):
     crash_after(tmp_path, 'q.append([("a", line(i)) for i in range(3)])')
-    journal = tmp_path / "q.journal"
+    journal = segments(tmp_path)[-1]
     blob = bytearray(journal.read_bytes())
     blob[-3] ^= 0xFF  # flip bits in the last record's text
     journal.write_bytes(bytes(blob))
@@ -196,7 +204,7 @@ def test_journal_record_with_a_bad_checksum_is_not_replayed(tmp_path):
     q.close()
 
 
-def test_a_failed_journal_write_leaves_no_torn_record_and_has_no_effect(tmp_path, monkeypatch):
+def test_a_failed_write_leaves_no_torn_record_and_has_no_effect(tmp_path, monkeypatch):
     q = DurableQueue(tmp_path, "q")
     q.append([("a", line(0))])
     real_write = os.write
@@ -212,24 +220,22 @@ def test_a_failed_journal_write_leaves_no_torn_record_and_has_no_effect(tmp_path
     assert q.depth == 1
     q.append([("a", line(3))])
     # What a crash now would replay: every record whole, the failed append absent.
-    replayed = list(buffer._unpack_all((tmp_path / "q.journal").read_bytes()))
-    assert [e.line for e in replayed] == [line(0), line(3)]
+    assert on_disk(tmp_path) == [line(0), line(3)]
     assert [ln for _, ln in drain(q)] == [line(0), line(3)]
     q.close()
 
 
-def test_short_journal_writes_are_completed(tmp_path, monkeypatch):
+def test_short_writes_are_completed(tmp_path, monkeypatch):
     q = DurableQueue(tmp_path, "q")
     real_write = os.write
     monkeypatch.setattr(buffer.os, "write", lambda fd, data: real_write(fd, data[:7]))
     q.append([("a", line(i)) for i in range(3)])
     monkeypatch.setattr(buffer.os, "write", real_write)
-    replayed = list(buffer._unpack_all((tmp_path / "q.journal").read_bytes()))
-    assert [e.line for e in replayed] == [line(i) for i in range(3)]
+    assert on_disk(tmp_path) == [line(i) for i in range(3)]
     q.close()
 
 
-# -- group commit ------------------------------------------------------------------------------
+# -- flushing ----------------------------------------------------------------------------------
 
 
 class Clock:
@@ -240,44 +246,47 @@ class Clock:
         return self.now
 
 
-def test_sync_moves_pending_into_sqlite_with_one_commit_and_empties_the_journal(tmp_path):
-    clock = Clock()
-    q = DurableQueue(tmp_path, "q", sync_interval=10, clock=clock)
+def test_sync_flushes_undelivered_points_once_per_interval(tmp_path, monkeypatch):
+    mono = Clock()
+    monkeypatch.setattr(buffer.time, "monotonic", mono)
+    q = DurableQueue(tmp_path, "q", sync_interval=10)
     q.append([("a", line(i)) for i in range(3)])
-    assert table_rows(tmp_path, "q") == 0  # only in the journal so far
-    assert (tmp_path / "q.journal").stat().st_size > 0
+    assert on_disk(tmp_path) == [line(i) for i in range(3)]  # written, not yet flushed
     before = q.fsyncs
-    clock.now += 9
+    mono.now += 9
     q.maybe_sync()
-    assert table_rows(tmp_path, "q") == 0 and q.fsyncs == before  # not yet due
-    clock.now += 1
+    assert q.fsyncs == before  # not yet due
+    mono.now += 1
     q.maybe_sync()
-    assert table_rows(tmp_path, "q") == 3
     assert q.fsyncs == before + 1
-    assert (tmp_path / "q.journal").stat().st_size == 0
+    mono.now += 10
+    q.maybe_sync()
+    assert q.fsyncs == before + 1  # nothing new to flush
     assert q.depth == 3
     q.close()
 
 
-def test_points_delivered_before_the_group_commit_never_touch_sqlite(tmp_path):
+def test_points_delivered_before_the_flush_never_reach_the_card(tmp_path):
     q = DurableQueue(tmp_path, "q")
     q.append([("a", line(i)) for i in range(3)])
     q.remove(q.peek(10, 1 << 20))
     q.sync()
-    assert table_rows(tmp_path, "q") == 0
     assert q.fsyncs == 0
+    assert [p.stat().st_size for p in segments(tmp_path)] == [0]  # truncated, never flushed
     q.close()
 
 
-def test_wal_stays_bounded_while_the_server_is_away(tmp_path):
+def test_drained_segments_are_deleted_and_the_log_stays_bounded(tmp_path):
     q = DurableQueue(tmp_path, "q", max_bytes=1 << 30)
     big = "x" * 2000
-    for i in range(400):  # ~8 MB through the WAL in 400 group commits
+    for i in range(400):  # ~8 MB while the server is away
         q.append([("a", f'data,label=k s="{big}" {1_700_000_000 + i * 10 + j}') for j in range(10)])
         q.sync()
-    wal = tmp_path / "q.sqlite3-wal"
-    assert wal.stat().st_size < 6 * 1024 * 1024, "the WAL is never checkpointed while offline"
     assert q.depth == 4000
+    assert len(segments(tmp_path)) >= 8  # rotated at about a megabyte each
+    assert len(drain(q)) == 4000
+    q.sync()
+    assert [p.stat().st_size for p in segments(tmp_path)] == [0]
     q.close()
     assert integrity(tmp_path, "q") == "ok"
 
@@ -287,7 +296,7 @@ def test_wal_stays_bounded_while_the_server_is_away(tmp_path):
 
 @pytest.mark.parametrize("sync_each", [False, True], ids=["pending", "stored"])
 def test_cap_drops_the_oldest_counts_them_and_logs_once_per_episode(tmp_path, caplog, sync_each):
-    size = buffer.Entry(0, "a", line(0), 0).size
+    size = record_size(0)
     q = DurableQueue(tmp_path, "q", max_bytes=20 * size)
     with caplog.at_level(logging.WARNING, logger="sensorkit.buffer"):
         for i in range(100):
@@ -316,7 +325,7 @@ def test_cap_drops_the_oldest_counts_them_and_logs_once_per_episode(tmp_path, ca
 
 
 def test_points_dropped_by_the_cap_do_not_come_back_after_a_crash(tmp_path):
-    size = buffer.Entry(0, "a", line(0), 0).size
+    size = record_size(0)
     crash_after(
         tmp_path,
         f"""
@@ -338,9 +347,9 @@ def test_points_dropped_by_the_cap_do_not_come_back_after_a_crash(tmp_path):
 def test_quarantine_is_listed_with_its_reason_and_can_be_released(tmp_path):
     q = DurableQueue(tmp_path, "q")
     q.append([("a", line(i)) for i in range(3)])
-    q.sync()  # quarantine works on stored entries ...
-    q.append([("a", line(i)) for i in range(3, 6)])  # ... and on journal entries
-    stored = q.peek(10, 1 << 20)
+    q.sync()  # quarantine works on flushed entries ...
+    q.append([("a", line(i)) for i in range(3, 6)])  # ... and on fresh ones
+    stored = q.peek(3, 1 << 20)
     assert lines_of(stored) == [line(0), line(1), line(2)]
     q.quarantine(
         [e for e in stored if e.line == line(1)], "400: partial write: field type conflict"
