@@ -30,6 +30,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 log = logging.getLogger("sensorkit.buffer")
 
@@ -46,15 +47,21 @@ CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value);
 """
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One queued point: its order, its database, its line of line protocol, its record size."""
+class Entry(NamedTuple):
+    """One queued point: its order, its database, its line of line protocol, its record size.
+
+    A named tuple rather than a dataclass: a backlog drain makes hundreds of thousands.
+    """
 
     seq: int
     db: str
-    line: str
+    data: bytes  # the line of line protocol, UTF-8, as sent
     queued: float
     size: int = 0  # bytes of its record on disk: what the cap counts
+
+    @property
+    def line(self) -> str:
+        return self.data.decode()
 
 
 @dataclass(frozen=True)
@@ -90,19 +97,25 @@ def _pack(seq: int, db: str, line: str, queued: float) -> bytes:
     return struct.pack(">I", zlib.crc32(body)) + body
 
 
-def _records(blob: bytes, check: bool = True) -> Iterator[tuple[int, Entry]]:
-    """(offset after, entry) for each whole record; stops at a torn or corrupt one."""
-    offset, end = 0, len(blob)
+def _records(
+    blob: bytes, check: bool = True, offset: int = 0, first: int = 0
+) -> Iterator[tuple[int, Entry]]:
+    """(offset after, entry) for each whole record from ``offset`` with seq >= ``first``.
+
+    Stops at a torn or (with ``check``) corrupt record.
+    """
+    end = len(blob)
     unpack = _HEADER.unpack_from
-    while offset + _HEADER.size <= end:
+    header = _HEADER.size
+    while offset + header <= end:
         crc, seq, queued, db_len, line_len = unpack(blob, offset)
-        start = offset + _HEADER.size
+        start = offset + header
         stop = start + db_len + line_len
         if stop > end or (check and zlib.crc32(blob[offset + 4 : stop]) != crc):
             return
-        db = blob[start : start + db_len].decode()
-        line = blob[start + db_len : stop].decode()
-        yield stop, Entry(seq, db, line, queued, stop - offset)
+        if seq >= first:
+            db = blob[start : start + db_len].decode()
+            yield stop, Entry(seq, db, blob[start + db_len : stop], queued, stop - offset)
         offset = stop
 
 
@@ -212,6 +225,7 @@ class DurableQueue:
         }
         self._count = self._bytes = 0
         self._oldest: float | None = None
+        self._cursor: tuple[int, int, int] | None = None  # (segment, offset, seq) of the head
         for entry in self._scan_unsettled():
             self._count += 1
             self._bytes += entry.size
@@ -292,17 +306,35 @@ class DurableQueue:
     # -- reading and settling -------------------------------------------------------------
 
     def _scan_unsettled(self, after: int = -1) -> Iterator[Entry]:
-        """Unsettled entries in order, with seq > ``after``, read from the segment files."""
+        """Unsettled entries in order, with seq > ``after``, read from the segment files.
+
+        Reading starts at the remembered position of the head where it can, so a drain
+        does not parse the delivered part of a segment again and again.
+        """
         start = max(self._head, after + 1)
+        settled = self._settled
         for segment in list(self._segments):
             if segment.empty or segment.last_seq < start:
                 continue
+            offset = 0
+            cursor = self._cursor
+            if (
+                cursor is not None
+                and cursor[0] == segment.number
+                and cursor[2] <= start
+                and cursor[1] <= segment.size
+            ):
+                offset = cursor[1]
             try:
-                blob = segment.path.read_bytes()[: segment.size]
+                with open(segment.path, "rb") as handle:
+                    handle.seek(offset)
+                    blob = handle.read(segment.size - offset)
             except FileNotFoundError:
                 continue
-            for _, entry in _records(blob, check=False):
-                if entry.seq >= start and entry.seq not in self._settled:
+            for stop, entry in _records(blob, check=False, first=start):
+                if entry.seq not in settled:
+                    if after < 0 and entry.seq == self._head:
+                        self._cursor = (segment.number, offset + stop - entry.size, entry.seq)
                     yield entry
 
     def peek(self, max_lines: int, max_bytes: int, after: int = -1) -> list[Entry]:
@@ -417,6 +449,7 @@ class DurableQueue:
         if not active.empty and active.last_seq < self._head:
             os.ftruncate(self._fd, 0)  # all delivered: the page cache never reaches the card
             active.size, active.last_seq = 0, -1
+            self._cursor = None
             self._dirty = False
 
     def _write_head(self, always: bool = False) -> None:

@@ -8,6 +8,7 @@ they cannot leak into a log line. HTTPS verifies certificates unless ``verify_tl
 from __future__ import annotations
 
 import base64
+import copy
 import gzip
 import http.client
 import json
@@ -94,6 +95,12 @@ class InfluxClient:
             token = base64.b64encode(f"{username}:{password}".encode()).decode()
             self._auth = f"Basic {token}"
         self._conn: http.client.HTTPConnection | None = None
+
+    def twin(self) -> InfluxClient:
+        """The same server and user on a connection of its own (for a second thread)."""
+        other = copy.copy(self)
+        other._conn = None
+        return other
 
     def who(self) -> str:
         """User and server, for messages (never the password)."""

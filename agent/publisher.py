@@ -23,6 +23,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from agent.buffer import DurableQueue, Entry
@@ -64,6 +65,7 @@ class InfluxOutput:
 
     name = "influx"
     close_grace = 5.0  # seconds close() gives a healthy sender to deliver what is queued
+    in_flight = 3  # requests at once while a backlog drains
 
     def __init__(
         self,
@@ -88,6 +90,7 @@ class InfluxOutput:
         self._idle = threading.Event()
         self._thread: threading.Thread | None = None
         self._gave_up = False  # wait_drained timed out: close() gives no extra grace
+        self._helpers: list[tuple[ThreadPoolExecutor, InfluxClient]] = []  # for backlogs
         self.on_tick: Callable[[], None] | None = None  # called by the sender now and then
 
     # -- the output interface ---------------------------------------------------------------
@@ -122,6 +125,9 @@ class InfluxOutput:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=self.client.timeout + 5)
+        for pool, client in self._helpers:
+            pool.shutdown(wait=True)
+            client.close()
         self.queue.close()
         self.client.close()
 
@@ -179,31 +185,66 @@ class InfluxOutput:
             self._idle.set()
             interval = self.queue.sync_interval
             return min(1.0, interval) if interval > 0 else 1.0  # 0: appends commit themselves
+        others = self._more_batches(batch)
+        errors: list[InfluxError] = []
         try:
             self._deliver(batch)
         except InfluxError as err:
-            self._failed(err, batch[0].db)
+            errors.append(err)
+        for other in others:
+            try:
+                other.result()
+            except InfluxError as err:
+                errors.append(err)
+        if errors:
+            self._failed(errors[0], batch[0].db)
             return 0.0
         self._succeeded()
         return 0.0
 
-    def _deliver(self, batch: Sequence[Entry], created: bool = False) -> None:
+    def _more_batches(self, batch: Sequence[Entry]) -> list[Future]:
+        """With a backlog, put the next batches in flight too, each on a connection of its own.
+
+        While one request waits for the server, the others are read, joined and compressed,
+        so a backlog drains at close to the server's own pace.
+        """
+        futures: list[Future] = []
+        last = batch[-1].seq
+        for helper in range(self.in_flight - 1):
+            if self.queue.depth <= len(batch) * (helper + 1):
+                break
+            more = self.queue.peek(self.batch_size, self.batch_bytes, after=last)
+            if not more or more[0].db not in self.state.checked_databases:
+                break
+            if len(self._helpers) <= helper:
+                self._helpers.append(
+                    (ThreadPoolExecutor(1, f"influx-sender-{helper + 2}"), self.client.twin())
+                )
+            pool, client = self._helpers[helper]
+            futures.append(pool.submit(self._deliver, more, client=client))
+            last = more[-1].seq
+        return futures
+
+    def _deliver(
+        self, batch: Sequence[Entry], created: bool = False, client: InfluxClient | None = None
+    ) -> None:
         """Write one batch, splitting it on 413 and 400; raises InfluxError to retry later."""
+        client = client or self.client
         db = batch[0].db
         if db not in self.state.checked_databases:
-            self._ensure_database(db)
+            self._ensure_database(db, client=client)
         try:
-            self.client.write(db, "\n".join(e.line for e in batch).encode())
+            client.write(db, b"\n".join(e.data for e in batch))
         except InfluxError as err:
             if err.status == 404 and "database not found" in err.server_message and not created:
                 self.state.checked_databases.discard(db)
-                self._ensure_database(db, must_create=True)
-                self._deliver(batch, created=True)  # a 400 or 413 now is handled as usual
+                self._ensure_database(db, must_create=True, client=client)
+                self._deliver(batch, created=True, client=client)  # 400/413 handled as usual
                 return
             elif err.status in (400, 413) and len(batch) > 1:
                 half = len(batch) // 2
-                self._deliver(batch[:half])
-                self._deliver(batch[half:])
+                self._deliver(batch[:half], client=client)
+                self._deliver(batch[half:], client=client)
                 return
             elif err.status in (400, 413):
                 self.queue.quarantine(batch, f"{err.status}: {err.server_message}")
@@ -218,31 +259,34 @@ class InfluxOutput:
                 raise
         self.queue.remove(batch)
 
-    def _ensure_database(self, db: str, must_create: bool = False) -> None:
+    def _ensure_database(
+        self, db: str, must_create: bool = False, client: InfluxClient | None = None
+    ) -> None:
         """Create ``db`` if missing and allowed; a user without admin rights still writes."""
+        client = client or self.client
         if not must_create and not self.create_database:
             # Nothing to do before writing: a 404 from the write says when it is missing.
             self.state.checked_databases.add(db)
             return
         try:
-            if must_create or db not in self.client.databases():
+            if must_create or db not in client.databases():
                 if not self.create_database:
                     raise InfluxError(
-                        f"database {db!r} does not exist at {self.client.url} and "
+                        f"database {db!r} does not exist at {client.url} and "
                         "[influx] create_database is off; create it on the server",
                         404,
                         "database not found",
                     )
-                self.client.create_database(db)
-                log.info("created database %s at %s", quote_ident(db), self.client.url)
+                client.create_database(db)
+                log.info("created database %s at %s", quote_ident(db), client.url)
         except InfluxError as err:
             if err.status == 401 and not must_create:
                 return  # wrong credentials: the write fails too and says so, once, clearly
             if err.status not in (401, 403) or must_create:
                 if must_create and err.status in (401, 403):
                     raise InfluxError(
-                        f"database {db!r} does not exist at {self.client.url} and "
-                        f"{self.client.who()} may not create it; an admin must run "
+                        f"database {db!r} does not exist at {client.url} and "
+                        f"{client.who()} may not create it; an admin must run "
                         f"CREATE DATABASE {quote_ident(db)} and grant WRITE on it",
                         404,
                         "database not found",
@@ -251,7 +295,7 @@ class InfluxOutput:
             log.warning(
                 "%s cannot list or create databases (%s); writing to %s anyway, which works "
                 "when an admin created it and granted WRITE",
-                self.client.who(),
+                client.who(),
                 err.status,
                 quote_ident(db),
             )

@@ -426,3 +426,13 @@ def test_integrity_check_passes_after_mixed_work(tmp_path):
     assert integrity(tmp_path, "q") == "ok"
     stats = read_stats(tmp_path, "q")
     assert json.dumps(stats)  # plain JSON for `status --json`
+
+
+def test_peek_after_the_log_was_emptied_and_refilled_reads_the_new_points(tmp_path):
+    q = DurableQueue(tmp_path, "q")
+    q.append([("a", line(i, pad=40)) for i in range(5)])
+    q.remove(q.peek(5, 1 << 20))
+    q.sync()  # all delivered: the segment is emptied
+    q.append([("a", line(i)) for i in range(5, 7)])
+    assert lines_of(q.peek(10, 1 << 20)) == [line(5), line(6)]
+    q.close()
