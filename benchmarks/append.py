@@ -14,11 +14,11 @@ costs the SD card (fsyncs per minute, bytes written per byte of line protocol).
 
     write amplification = (write_bytes - cancelled_write_bytes) / bytes of line protocol
     appended, from the child's own /proc/self/io, read after setup and again after the output
-    closed (final group commit, journal emptied). The kernel charges write_bytes to the process
+    closed (final flush, segment emptied). The kernel charges write_bytes to the process
     when it dirties a page of the page cache (4 KiB at a time), not when the page reaches the
     disk; a page dirtied again before writeback is charged once (it is written once), a page
     written back (e.g. by an fsync) and dirtied again is charged again, and dirty pages that are
-    truncated away before writeback (the journal, emptied at each group commit) are credited
+    truncated away before writeback (a segment emptied once all of it was delivered) are credited
     back in cancelled_write_bytes. So the difference is what this process makes the kernel
     write back, including pages still dirty at the end (already charged, written later by the
     flusher). A trailing os.sync() would add nothing: writeback done by kernel threads is never
@@ -168,7 +168,7 @@ def paced_child(url: str, work: Path, seconds: int, result: Path) -> None:
     time.sleep(1.0)  # the last one's delivery (server up)
     io1, t1 = read_io(), time.time()  # the steady state ends here
     status = output.status()
-    output.close()  # final group commit, counters, SQLite's closing checkpoint
+    output.close()  # final flush, counters, SQLite's closing checkpoint
     io2, t2 = read_io(), time.time()
 
     def delta(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
@@ -288,7 +288,7 @@ def main() -> int:
         "    write amplification = (write_bytes - cancelled_write_bytes) / line-protocol bytes,\n"
         "    from the child's /proc/self/io: charged when a page-cache page is dirtied (a page\n"
         "    dirtied twice before writeback counts once; re-dirtied after an fsync counts again),\n"
-        "    credited back when a dirty page is truncated before writeback (the emptied journal).\n"
+        "    credited back when a dirty page is truncated before writeback (an emptied segment).\n"
         "    Steady state: from the first telegram to just before close; the close (final commit\n"
         "    and SQLite's checkpoint, once per agent stop) is shown apart. The -shm mmap and the\n"
         "    metadata blocks the process dirties count; ext4's own journal (jbd2) writes do not."
