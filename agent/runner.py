@@ -164,7 +164,7 @@ class Agent:
                 self.close_window(end)
         finally:
             self.stop.set()
-            self.close_window(max(int(time.time()), self._last_end + 1))  # keep the partial window
+            self.close_window(self._partial_window_end())
             for loop in self.loops:
                 loop.join(timeout=5)
                 loop.close()
@@ -172,6 +172,14 @@ class Agent:
             for output in self.outputs:
                 output.close()
         return 0
+
+    def _partial_window_end(self) -> int:
+        """A stamp for the readings of a window cut short: now, but never a second already
+        used (which would overwrite that point) nor one in the future (a quick restart could
+        build a point for the same second)."""
+        while int(time.time()) <= self._last_end:
+            time.sleep(0.05)
+        return int(time.time())
 
     def close_window(self, end: int) -> None:
         self._send_ident_if_changed()
