@@ -52,7 +52,10 @@ venv_setup() {  # $1: extras, e.g. dev
     fi
     say "installing sensorkit into .venv"
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    .venv/bin/python -m pip install -q -e ".[$1]" 2>&1 | grep -v '^WARNING: Location' || true
+    if ! .venv/bin/python -m pip install -q -e ".[$1]" >.venv/pip.log 2>&1; then
+        cat .venv/pip.log >&2
+        die "installing into .venv failed (log above, also in .venv/pip.log)"
+    fi
     .venv/bin/python -c 'import agent, drivers, serial' || die "installing into .venv failed"
 }
 
@@ -78,7 +81,9 @@ bind-address = "127.0.0.1:8088"
   log-enabled = false
 EOF
     say "starting a local influxd on localhost:8086 (data in .bench/influxdb, log in .bench/influxd.log)"
-    influxd -config .bench/influxdb.conf >.bench/influxd.log 2>&1 &
+    # In a session of its own, so Ctrl-C stops the agent (which then delivers its last
+    # window) and not the server under it; the EXIT trap stops the server afterwards.
+    setsid influxd -config .bench/influxdb.conf >.bench/influxd.log 2>&1 &
     influxd_pid=$!
     trap 'kill "$influxd_pid" 2>/dev/null || true' EXIT
     for _ in $(seq 50); do
