@@ -61,6 +61,8 @@ def check_key(name: str) -> str | None:
     problem = check_tag_value(name)
     if problem:
         return problem
+    if '\\"' in name:  # field keys alone unescape \" (influxd 1.6 reads a\"b back as a"b)
+        return "has a backslash before '\"', which InfluxDB 1.x reads as an escape"
     if any(unicodedata.category(char) == "Cc" for char in name):
         return "contains a control character, which InfluxDB does not keep in a field name"
     return None

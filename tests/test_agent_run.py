@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, write_config
+from conftest import ROOT, run_sensorkit, write_config
 
 from agent.config import load
 from agent.console import ConsoleOutput
@@ -100,13 +100,7 @@ def test_each_window_holds_the_mean_of_the_capture_lines_that_arrived_in_it(tmp_
 
 
 def run_agent(ini: Path, seconds: float) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", "run", "-c", str(ini), "--duration", str(seconds)],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-        cwd=ROOT,
-    )
+    return run_sensorkit("run", "-c", str(ini), "--duration", str(seconds), timeout=seconds + 60)
 
 
 def test_run_with_simulated_dylos_puts_points_in_influxdb_and_prints_telegrams(tmp_path, influx):
@@ -173,13 +167,7 @@ def test_a_failing_sensor_is_reported_while_the_others_carry_on(tmp_path):
         cwd=ROOT,
     )
     time.sleep(7)
-    status = subprocess.run(
-        [sys.executable, "-m", "agent", "status", "-c", str(ini), "--json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=30,
-    )
+    status = run_sensorkit("status", "-c", str(ini), "--json")
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     health = json.loads(status.stdout)["sensors"]

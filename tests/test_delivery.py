@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -19,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import _require_influxd, write_config
+from conftest import _require_influxd, run_sensorkit, write_config
 from httpstub import FlakyProxy
 from influxd import InfluxServer
 
@@ -110,14 +108,7 @@ sync_interval = 0.5
 
 
 def sensorkit(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "SENSORKIT_CONFIG": "/nonexistent"},
-    )
+    return run_sensorkit(*args, timeout=timeout, env={"SENSORKIT_CONFIG": "/nonexistent"})
 
 
 def status_json(config: Path) -> dict:

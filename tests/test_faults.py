@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_sensorkit as sensorkit
 from conftest import write_config
 from httpstub import FlakyProxy, SilentServer
 from influxd import InfluxServer, free_port
@@ -64,16 +65,6 @@ file = {tmp_path / "console.jsonl"}
 """
     text += "".join(f"{key} = {value}\n" for key, value in settings.items())
     return write_config(tmp_path / "agent.ini", text)
-
-
-def sensorkit(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def start_agent(config: Path, *args: str, log: Path) -> subprocess.Popen:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
-from conftest import ROOT, _require_influxd, write_config
+from conftest import ROOT, _require_influxd, run_sensorkit, write_config
 from influxd import InfluxServer
 
 
@@ -33,11 +32,9 @@ def publish(tmp_path, url: str, extra: str = "") -> subprocess.CompletedProcess:
         f"[kit]\nproject = P\nserial = s\nstate_dir = {tmp_path / 'state'}\n"
         f"[influx]\nurl = {url}\ntimeout = 5\n{extra}",
     )
-    return subprocess.run(
-        [sys.executable, "-m", "agent", "publish", "-c", str(ini), "--wait", "3",
-         str(ROOT / "testdata/bdp-test_sense.json")],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
-    )  # fmt: skip
+    return run_sensorkit(
+        "publish", "-c", str(ini), "--wait", "3", str(ROOT / "testdata/bdp-test_sense.json")
+    )
 
 
 def count(server) -> int:

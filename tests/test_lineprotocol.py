@@ -6,11 +6,10 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_sensorkit as run_cli
 from conftest import write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -62,16 +61,6 @@ HOSTILE_TEXT = HOSTILE_TAGS + [
     "",
     "x" * 2000,
 ]
-
-
-def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=60,
-    )
 
 
 def config(tmp_path: Path, server, extra: str = "") -> Path:
@@ -198,6 +187,8 @@ def test_field_keys_refuse_more_than_tag_values():
     assert "is empty" in check_key("")
     assert "reserved" in check_key("time")
     assert "control character" in check_key("a\x00b")
+    assert "backslash before '\"'" in check_key('a\\"b')  # the server reads it back as a"b
+    assert check_tag_value('a\\"b') is None  # a tag value keeps it
     assert check_key("pm_25") is None and check_key("µg m³") is None
 
 

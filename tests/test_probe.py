@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
-from conftest import ROOT, write_config
+from conftest import ROOT, run_sensorkit, write_config
 
 
 def probe(ini) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", "probe", "-c", str(ini)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+    return run_sensorkit("probe", "-c", str(ini))
 
 
 def test_probe_on_the_bench_finds_the_simulated_devices_and_prints_ini_lines():

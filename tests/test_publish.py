@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import run_sensorkit as run_cli
 from conftest import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,16 +16,6 @@ TESTDATA = ROOT / "testdata" / "bdp-test_sense.json"
 DB = "BdP_test_sense"
 SENT = json.loads(TESTDATA.read_text())
 GEO = "51.420635,6.1356117,22.9"
-
-
-def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=60,
-    )
 
 
 @pytest.fixture
