@@ -39,7 +39,7 @@ need_python() {
 
 need_influxdb() {
     # The test suite starts its own influxd; the bench runs against one on localhost:8086.
-    if ! command -v influxd >/dev/null; then
+    if ! command -v influxd >/dev/null || ! command -v influx >/dev/null; then
         apt_install influxdb influxdb-client \
             || { say "could not install Debian's influxdb package (need root or sudo)"; return 1; }
     fi
@@ -138,7 +138,7 @@ case "$mode" in
     done
     install -d -m 0755 /etc/sensorkit
     if [ ! -e /etc/sensorkit/agent.ini ]; then
-        sed 's/^backend = simulated$/backend = hardware/' \
+        sed 's/^backend = simulated$/backend = hardware/; /^\[console\]/,/^\[/ s/^enabled = yes$/enabled = no/' \
             agent.ini > /etc/sensorkit/agent.ini
         say "wrote /etc/sensorkit/agent.ini (hardware backends): edit [kit] and [influx]"
     fi

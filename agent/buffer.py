@@ -181,9 +181,15 @@ class DurableQueue:
             self.directory / f"{name}.sqlite3", check_same_thread=False, isolation_level=None
         )
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # rare writes, each one must last
+        # Quarantine commits are made durable at the next sync(), before any segment holding
+        # their points is deleted: one fsync per interval, not one per refused point.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._counters = dict(self._db.execute("SELECT key, value FROM counters").fetchall())
+        self._held_bytes = self._db.execute(
+            "SELECT coalesce(sum(length(CAST(line AS BLOB))), 0) FROM quarantine"
+        ).fetchone()[0]
+        self._held_dirty = False
         self._counters_dirty = False
         self._counters_written = time.monotonic()
         self._dropping = False
@@ -238,6 +244,11 @@ class DurableQueue:
     def _start_segment(self, number: int) -> None:
         segment = _Segment(number, self._folder / f"{number:016d}.seg")
         self._fd = os.open(segment.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        folder = os.open(self._folder, os.O_RDONLY)
+        try:  # the new file's name lasts a power cut too (once per start and per megabyte)
+            os.fsync(folder)
+        finally:
+            os.close(folder)
         self._segments.append(segment)
         self._dirty = False
 
@@ -383,9 +394,35 @@ class DurableQueue:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 [(e.seq, e.db, e.line, reason, e.queued, now) for e in entries],
             )
+            self._held_bytes += sum(len(e.data) for e in entries)
+            self._cap_quarantine()
             self._write_counters()
             self._db.execute("COMMIT")
-            self.fsyncs += 1
+            self._held_dirty = True
+
+    def _cap_quarantine(self) -> None:
+        """Quarantine may hold a tenth of the queue's cap; beyond it the oldest go, counted."""
+        limit = self.max_bytes // 10
+        if self._held_bytes <= limit:
+            return
+        doomed, freed = [], 0
+        for row_id, size in self._db.execute(
+            "SELECT id, length(CAST(line AS BLOB)) FROM quarantine ORDER BY id"
+        ):
+            if self._held_bytes - freed <= limit * 0.9:
+                break
+            doomed.append((row_id,))
+            freed += size
+        self._db.executemany("DELETE FROM quarantine WHERE id = ?", doomed)
+        self._held_bytes -= freed
+        self._count_up("dropped", len(doomed))
+        log.warning(
+            "queue %s: quarantine is full (%.2f MB); dropped the %d oldest refused points "
+            "(counted in `sensorkit status`)",
+            self.name,
+            limit / 1e6,
+            len(doomed),
+        )
 
     def _settle(self, entries: Sequence[Entry]) -> int:
         """Mark entries settled; returns how many were not settled already."""
@@ -427,6 +464,12 @@ class DurableQueue:
         with self._lock:
             if self._closed is not None:
                 return
+            if self._held_dirty:  # quarantined points last before their segment may go
+                self._db.execute("PRAGMA synchronous=FULL")
+                self.flush_counters(force=True)
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._held_dirty = False
+                self.fsyncs += 1
             self._compact()
             if self._dirty and not self._active.empty:
                 os.fdatasync(self._fd)
@@ -467,10 +510,10 @@ class DurableQueue:
         if time.monotonic() - self._last_sync >= self.sync_interval:
             self.sync()
 
-    def flush_counters(self) -> None:
+    def flush_counters(self, force: bool = False) -> None:
         """Persist delivery counters (done at close, on drops and quarantine, and hourly)."""
         with self._lock:
-            if self._counters_dirty and self._closed is None:
+            if (self._counters_dirty or force) and self._closed is None:
                 self._db.execute("BEGIN")
                 self._write_counters()
                 self._db.execute("COMMIT")
@@ -551,6 +594,13 @@ class DurableQueue:
                 len(doomed),
             )
 
+    def note(self, key: str, value: object) -> None:
+        """Keep a fact about delivery (e.g. the last error) with the counters on disk."""
+        with self._lock:
+            if self._counters.get(key) != value:
+                self._counters[key] = value
+                self._counters_dirty = True
+
     def _count_up(self, key: str, n: int) -> None:
         self._counters[key] = self._counters.get(key, 0) + n
         self._counters_dirty = True
@@ -594,6 +644,8 @@ def read_stats(directory: str | os.PathLike[str], name: str) -> dict[str, object
         "dropped": counters.get("dropped", 0),
         "delivered": counters.get("delivered", 0),
         "last_delivery": counters.get("last_delivery"),
+        "last_error": counters.get("last_error"),
+        "last_error_time": counters.get("last_error_time"),
     }
 
 

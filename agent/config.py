@@ -201,6 +201,8 @@ class _Section:
                 f"{value!r} names {len(names)} fields; allowed: {len(default)} names, like "
                 f"{' '.join(default)!r}",
             )
+        if len(set(names)) != len(names):
+            raise self.fail(key, f"{value!r} names a field twice; allowed: different names")
         for name in names:
             if check_key(name) or name.startswith("_"):
                 raise self.fail(
@@ -337,8 +339,16 @@ def _sensor(
     )
 
 
-def _dylos(s: _Section) -> SensorSettings:
+def _dylos(s: _Section, base: Path) -> SensorSettings:
     replay = s.text("replay")
+    if replay:
+        replay = str(base / replay)
+        if not Path(replay).is_file():
+            raise s.fail(
+                "replay",
+                f"{replay} is not a file; allowed: a file of Dylos lines 'small,large' "
+                "(relative to this config), or nothing for the shipped capture",
+            )
     return _sensor(
         s,
         ("pm_25", "pm_10"),
@@ -390,11 +400,12 @@ def _bme280(s: _Section) -> SensorSettings:
 
 def _influx(s: _Section, path: Path) -> InfluxSettings:
     url = s.text("url", "http://localhost:8086")
-    if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
+    if "@" in url.split("://", 1)[-1].split("/", 1)[0] or "?" in url:
         # Not echoed: it holds a password, which must never reach a log.
         raise s.fail(
             "url",
-            "holds a user name or password; allowed: http://host:port or https://..., "
+            "holds a user name or password (or a query); allowed: http://host:port or "
+            "https://..., "
             "with the credentials in username and password (or password_file)",
         )
     if not re.match(r"^https?://[^/\s]+\S*$", url):
@@ -457,6 +468,21 @@ def _warn_if_readable(path: Path, key: str) -> None:
         )
 
 
+def _check_field_names_unique(path: Path, sensors: tuple[SensorSettings, ...]) -> None:
+    """Two enabled sensors may not send the same field name (their readings would mix)."""
+    owner: dict[str, str] = {}
+    for sensor in sensors:
+        if not sensor.enabled:
+            continue
+        for name in sensor.fields:
+            if name in owner:
+                raise ConfigError(
+                    f"{path} [{sensor.name}] fields: {name!r} is also a field of "
+                    f"[{owner[name]}]; allowed: names no other enabled sensor uses"
+                )
+            owner[name] = sensor.name
+
+
 def load(path: Path) -> Settings:
     """Read and check ``path``; raises ConfigError naming file, section and key."""
     parser = configparser.ConfigParser(interpolation=None)
@@ -496,10 +522,11 @@ def load(path: Path) -> Settings:
     base = path.resolve().parent
     kit = _kit(sections["kit"], base)
     sensors = (
-        _dylos(sections["dylos"]),
+        _dylos(sections["dylos"], base),
         _dht22(sections["dht22"]),
         _bme280(sections["bme280"]),
     )
+    _check_field_names_unique(path, sensors)
     sim = sections["simulated"]
     weather = WeatherSettings(
         temperature=sim.number("temperature", 15.0, float, -40, 80, "C"),
@@ -511,8 +538,10 @@ def load(path: Path) -> Settings:
     )
     influx = _influx(sections["influx"], path)
     console = sections["console"]
+    console_file = console.text("file", "-")
     console_settings = ConsoleSettings(
-        enabled=console.flag("enabled", False), file=console.text("file", "-")
+        enabled=console.flag("enabled", False),
+        file=console_file if console_file == "-" else str(base / console_file),
     )
     for name, section in sections.items():
         if name != "subscriber":

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Protocol
 
 from agent.buffer import DurableQueue
-from agent.config import Settings
+from agent.config import ConfigError, Settings
 from agent.console import ConsoleOutput
 from agent.influx import InfluxClient
 from agent.publisher import Backoff, InfluxOutput
@@ -43,15 +44,30 @@ def open_outputs(settings: Settings, queue_name: str, database: str = "") -> lis
     """The enabled outputs; the InfluxDB one queues under ``state_dir/<queue_name>``."""
     outputs: list[Output] = []
     if settings.console.enabled:
-        outputs.append(ConsoleOutput(settings.console.file))
+        try:
+            outputs.append(ConsoleOutput(settings.console.file))
+        except OSError as err:
+            raise ConfigError(
+                f"{settings.path} [console] file: cannot open {settings.console.file} "
+                f"({err.strerror}); allowed: - or a file in a folder that exists"
+            ) from None
     s = settings.influx
     if s.enabled:
-        queue = DurableQueue(
-            settings.kit.state_dir,
-            queue_name,
-            max_bytes=int(s.queue_max_mb * 1_000_000),
-            sync_interval=s.sync_interval,
-        )
+        try:
+            queue = DurableQueue(
+                settings.kit.state_dir,
+                queue_name,
+                max_bytes=int(s.queue_max_mb * 1_000_000),
+                sync_interval=s.sync_interval,
+            )
+        except (OSError, sqlite3.Error) as err:
+            for output in outputs:
+                output.close()
+            raise ConfigError(
+                f"{settings.path} [kit] state_dir: cannot keep the queue in "
+                f"{settings.kit.state_dir} ({getattr(err, 'strerror', None) or err}); "
+                "allowed: a folder this user may create and write"
+            ) from None
         outputs.append(
             InfluxOutput(
                 influx_client(settings),

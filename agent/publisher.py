@@ -56,7 +56,10 @@ class DeliveryState:
     problem: str = ""  # the current problem's key; a message is logged when it changes
     last_error: str = ""
     last_error_time: float | None = None
-    retry_at: float = 0.0  # time.monotonic(): a clock step (NTP on a Pi) cannot stall us
+    retry_at: float = 0.0
+    lost: int = 0  # points the disk refused to queue (counted, never silent)
+    refusal: str = ""  # the last kind of 400/413 quarantined, logged once
+    losing: bool = False  # time.monotonic(): a clock step (NTP on a Pi) cannot stall us
     checked_databases: set[str] = field(default_factory=set)
 
 
@@ -96,8 +99,23 @@ class InfluxOutput:
     # -- the output interface ---------------------------------------------------------------
 
     def send(self, telegram: Telegram) -> None:
-        """Encode and append to the durable queue; the sender delivers it soon after."""
-        self.queue.append(self.encoder.encode(telegram))
+        """Encode and append to the durable queue; the sender delivers it soon after.
+
+        If the disk refuses the append (full, read-only, failing card) the telegram cannot be
+        kept: it is counted as ``lost`` in ``status`` and said once per episode.
+        """
+        points = self.encoder.encode(telegram)
+        try:
+            self.queue.append(points)
+        except OSError as err:
+            self.state.lost += len(points)
+            if not self.state.losing:
+                log.error("%s; %d points lost (see `sensorkit status`)", err, self.state.lost)
+            self.state.losing = True
+            return
+        if self.state.losing:
+            log.warning("the queue accepts points again; %d were lost", self.state.lost)
+            self.state.losing = False
         self._idle.clear()
         self._wake.set()
 
@@ -128,6 +146,9 @@ class InfluxOutput:
         for pool, client in self._helpers:
             pool.shutdown(wait=True)
             client.close()
+        if self.state.last_error:  # for `sensorkit status` once this process is gone
+            self.queue.note("last_error", self.state.last_error)
+            self.queue.note("last_error_time", self.state.last_error_time)
         self.queue.close()
         self.client.close()
 
@@ -152,6 +173,7 @@ class InfluxOutput:
         out["last_error"] = self.state.last_error or None
         out["last_error_time"] = self.state.last_error_time
         out["retrying"] = bool(self.state.failures)
+        out["lost"] = self.state.lost
         return out
 
     # -- the sender thread ------------------------------------------------------------------
@@ -248,12 +270,15 @@ class InfluxOutput:
                 return
             elif err.status in (400, 413):
                 self.queue.quarantine(batch, f"{err.status}: {err.server_message}")
-                log.error(
-                    "InfluxDB refused a point for good; quarantined it (see `sensorkit status`)"
-                    ": %s: %s",
-                    err.server_message,
-                    batch[0].line[:200],
-                )
+                refusal = err.server_message[:60]
+                if refusal != self.state.refusal:  # once per kind of refusal, not per point
+                    self.state.refusal = refusal
+                    log.error(
+                        "InfluxDB refused a point for good; quarantined it (see `sensorkit "
+                        "quarantine list`): %s: %s",
+                        err.server_message,
+                        batch[0].line[:200],
+                    )
                 return
             else:
                 raise

@@ -164,13 +164,14 @@ class Agent:
                 self.close_window(end)
         finally:
             self.stop.set()
+            for loop in self.loops:  # a read in progress still lands in the last window
+                loop.join(timeout=5)
             self.close_window(self._partial_window_end())
             for loop in self.loops:
-                loop.join(timeout=5)
                 loop.close()
-            self.write_snapshot(final=True)
             for output in self.outputs:
                 output.close()
+            self._snapshot.unlink(missing_ok=True)  # `status` now reads the queues on disk
         return 0
 
     def _partial_window_end(self) -> int:
@@ -217,11 +218,8 @@ class Agent:
             "implausible": dict(self.aggregator.implausible),
         }
 
-    def write_snapshot(self, final: bool = False) -> None:
+    def write_snapshot(self) -> None:
         try:
-            status = self.status()
-            if final:
-                status["pid"] = None
-            write_snapshot(self._snapshot, status)
+            write_snapshot(self._snapshot, self.status())
         except OSError as err:
             log.debug("status snapshot %s not written: %s", Path(self._snapshot), err)

@@ -47,7 +47,7 @@ def _check_settings(poll_interval: float, retries: int, field_names: tuple[str, 
     if not poll_interval >= MIN_INTERVAL:
         raise ValueError(
             f"DHT22 poll_interval {poll_interval} s is below the 2 s minimum between reads "
-            "(datasheet); set `[dht22] poll_interval` to 2 or more"
+            "(datasheet); set `[dht22] interval` to 2 or more"
         )
     if retries < 0:
         raise ValueError(f"DHT22 retries = {retries}; use 0 or more")

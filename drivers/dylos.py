@@ -106,7 +106,7 @@ class Dylos:
         """Open ``port`` now; if that fails, say why once and keep retrying from read()."""
         if len(field_names) != 2 or field_names[0] == field_names[1]:
             raise ValueError(
-                f"agent.ini [dylos] field_names: need two different names (small, large), "
+                f"agent.ini [dylos] fields: need two different names (small, large), "
                 f"not {field_names!r}"
             )
         if not read_timeout > 0 or not 0 < retry_base <= retry_cap:

@@ -128,6 +128,15 @@ def test_the_cli_uses_env_then_cwd_config(tmp_path):
          "calibration.pm_1", "'pm_1' is not a field of [dylos]", "calibration.pm_25"),
         ("[kit]\nproject = BdP\n[influx]\nusername = \npassword = x\n", "influx", "username",
          "is missing but a password is set", "the InfluxDB user name"),
+        ("[kit]\nproject = BdP\n[dylos]\nfields = pm pm\n", "dylos", "fields",
+         "'pm pm' names a field twice", "different names"),
+        ("[kit]\nproject = BdP\n[dht22]\nenabled = yes\nfields = temp rh\n[bme280]\n"
+         "enabled = yes\n", "bme280", "fields", "'temp' is also a field of [dht22]",
+         "names no other enabled sensor uses"),
+        ("[kit]\nproject = BdP\n[dylos]\nreplay = nothere.txt\n", "dylos", "replay",
+         "nothere.txt is not a file", "a file of Dylos lines"),
+        ("[kit]\nproject = BdP\n[influx]\nurl = http://h:8086/?u=bob&p=pw\n", "influx", "url",
+         "holds a user name or password (or a query)", "http://host:port"),
     ],
 )  # fmt: skip
 def test_bad_values_exit_2_naming_file_section_key_and_what_is_allowed(
@@ -326,7 +335,8 @@ def test_credentials_in_the_url_are_refused_without_echoing_them(tmp_path):
     path = write_config(tmp_path / "agent.ini", text)
     done = run_cli("publish", "-c", str(path), str(TESTDATA), "--wait", "1")
     assert done.returncode == 2
-    assert f"{path} [influx] url: holds a user name or password; allowed: " in done.stderr
+    expected = f"{path} [influx] url: holds a user name or password (or a query); allowed: "
+    assert expected in done.stderr
     assert "s3cret" not in done.stderr + done.stdout
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import subprocess
 import time
 import urllib.error
@@ -27,6 +28,7 @@ from agent.publisher import Backoff, InfluxOutput
 from agent.telegram import Data, Ident
 
 ROOT = Path(__file__).resolve().parent.parent
+TESTDATA = ROOT / "testdata" / "bdp-test_sense.json"
 T0 = 1_700_000_000
 
 
@@ -548,3 +550,34 @@ def test_online_points_are_delivered_before_any_group_commit_touches_sqlite(infl
     finally:
         out.close()
     assert len(rows(influx, "data", "T_c14")) == 12
+
+
+def test_a_disk_that_refuses_the_append_loses_points_counted_and_said_once(
+    tmp_path, caplog, monkeypatch
+):
+    out = output(tmp_path, "http://127.0.0.1:9")
+    monkeypatch.setattr(
+        out.queue, "append", lambda items: (_ for _ in ()).throw(OSError(28, "No space left"))
+    )
+    with caplog.at_level(logging.ERROR, logger="sensorkit.influx"):
+        out.send(ident("c20"))
+        out.send(ident("c20"))
+    assert out.status()["lost"] == 2
+    assert caplog.text.count("points lost") == 1
+    monkeypatch.undo()
+    out.close()
+
+
+def test_status_after_a_failed_publish_still_shows_the_last_error(tmp_path):
+    ini = write_config(
+        tmp_path / "agent.ini",
+        f"[kit]\nproject = P\nserial = s\nstate_dir = {tmp_path / 'state'}\n"
+        "[influx]\nurl = http://127.0.0.1:9\ntimeout = 1\n",
+    )
+    done = run_sensorkit("publish", "-c", str(ini), "--wait", "1", str(TESTDATA))
+    assert done.returncode == 1
+    status = json.loads(run_sensorkit("status", "-c", str(ini), "--json").stdout)
+    publish = status["outputs"]["publish"]
+    assert publish["queued"] == 4
+    assert "cannot reach InfluxDB at http://127.0.0.1:9" in publish["last_error"]
+    assert publish["last_error_time"] > 0

@@ -436,3 +436,17 @@ def test_peek_after_the_log_was_emptied_and_refilled_reads_the_new_points(tmp_pa
     q.append([("a", line(i)) for i in range(5, 7)])
     assert lines_of(q.peek(10, 1 << 20)) == [line(5), line(6)]
     q.close()
+
+
+def test_quarantine_is_capped_at_a_tenth_of_the_queue_and_drops_are_counted(tmp_path, caplog):
+    q = DurableQueue(tmp_path, "q", max_bytes=100 * record_size(0))
+    q.append([("a", line(i)) for i in range(60)])
+    with caplog.at_level(logging.WARNING, logger="sensorkit.buffer"):
+        for entry in q.peek(60, 1 << 20):
+            q.quarantine([entry], "400: field type conflict")
+    held = read_quarantine(tmp_path, "q")
+    assert sum(len(p.line) for p in held) <= q.max_bytes // 10
+    assert [p.line for p in held] == [line(i) for i in range(60 - len(held), 60)]  # the newest
+    assert q.stats()["dropped"] == 60 - len(held) > 0
+    assert "quarantine is full" in caplog.text
+    q.close()
