@@ -17,10 +17,6 @@ _TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})
 
 
-class LineProtocolError(ValueError):
-    """A value that InfluxDB 1.x line protocol cannot carry unchanged."""
-
-
 def check_text(value: str) -> str | None:
     """Why ``value`` cannot travel in any position of a line, or None when it can."""
     if "\n" in value or "\r" in value:

@@ -94,7 +94,6 @@ class InfluxOutput:
         self._thread: threading.Thread | None = None
         self._gave_up = False  # wait_drained timed out: close() gives no extra grace
         self._helpers: list[tuple[ThreadPoolExecutor, InfluxClient]] = []  # for backlogs
-        self.on_tick: Callable[[], None] | None = None  # called by the sender now and then
 
     # -- the output interface ---------------------------------------------------------------
 
@@ -182,8 +181,6 @@ class InfluxOutput:
         while not self._stopping.is_set():
             self._wake.clear()  # before looking at the queue: a send() from now on wakes us
             try:
-                if self.on_tick:
-                    self.on_tick()
                 wait = self._step()
             except Exception:  # keep the sender alive whatever happens; data stays queued
                 log.exception("influx sender: unexpected error; retrying in 10 s")
@@ -219,7 +216,7 @@ class InfluxOutput:
             except InfluxError as err:
                 errors.append(err)
         if errors:
-            self._failed(errors[0], batch[0].db)
+            self._failed(errors[0])
             return 0.0
         self._succeeded()
         return 0.0
@@ -326,7 +323,7 @@ class InfluxOutput:
             )
         self.state.checked_databases.add(db)
 
-    def _failed(self, err: InfluxError, db: str) -> None:
+    def _failed(self, err: InfluxError) -> None:
         state = self.state
         state.failures += 1
         slow = not err.retryable

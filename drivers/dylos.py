@@ -24,7 +24,6 @@ import serial
 import serial.tools.list_ports
 
 from drivers.reading import Field, Reading, SensorError
-from drivers.sim.dylos import SimulatedDylos
 
 log = logging.getLogger("sensorkit.dylos")
 
@@ -335,6 +334,8 @@ def open_dylos(
         raise ValueError(
             f"agent.ini [dylos] backend: {backend!r} is not one of: hardware, simulated"
         )
+    from drivers.sim.dylos import SimulatedDylos
+
     try:
         sim = SimulatedDylos(replay, speedup=speedup)
     except ValueError as exc:
