@@ -24,10 +24,17 @@ log = logging.getLogger("sensorkit.influx")
 class InfluxError(Exception):
     """A request that did not succeed. ``status`` is None when no HTTP answer came."""
 
-    def __init__(self, message: str, status: int | None = None, server_message: str = ""):
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        server_message: str = "",
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.server_message = server_message
+        self.retry_after = retry_after  # seconds the server asked us to wait (429, 503)
 
     @property
     def retryable(self) -> bool:
@@ -160,6 +167,7 @@ class InfluxClient:
                 self._explain(answer, f"writing to database {database!r}", database),
                 answer.status,
                 answer.server_message(),
+                _seconds(answer.headers.get("retry-after", "")),
             )
 
     def query(self, statement: str, database: str = "", post: bool = False) -> list[dict]:
@@ -231,6 +239,15 @@ class InfluxClient:
                 f"{quote_ident(self.username)}"
             )
         return f"InfluxDB at {self.url} answered {answer.status} while {doing}: {said}"
+
+
+def _seconds(text: str) -> float | None:
+    """A Retry-After given in seconds (the HTTP-date form is rare and ignored)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 <= value < 86400 else None
 
 
 def _reason(err: BaseException) -> str:

@@ -328,6 +328,8 @@ class InfluxOutput:
         state.failures += 1
         slow = not err.retryable
         delay = self.backoff.delay(state.failures, slow=slow)
+        if err.retry_after is not None:  # the server said how long: do as asked, within reason
+            delay = min(max(delay, err.retry_after), self.backoff.slow)
         state.retry_at = time.monotonic() + delay
         state.last_error = str(err)
         state.last_error_time = time.time()

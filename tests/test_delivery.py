@@ -581,3 +581,18 @@ def test_status_after_a_failed_publish_still_shows_the_last_error(tmp_path):
     assert publish["queued"] == 4
     assert "cannot reach InfluxDB at http://127.0.0.1:9" in publish["last_error"]
     assert publish["last_error_time"] > 0
+
+
+def test_retry_after_from_a_429_is_honoured(tmp_path):
+    proxy = FlakyProxy([(429, {"Retry-After": "2"})]).start()
+    out = output(tmp_path, proxy.url, create=False, backoff=Backoff(base=0.1, cap=0.3, slow=5))
+    out.start()
+    try:
+        out.send(ident("c21"))
+        assert wait_for(lambda: out.queue.depth == 0, 10)
+    finally:
+        out.close()
+        proxy.stop()
+    writes = [s for s in proxy.seen if s.path == "/write"]
+    assert [s.status for s in writes] == [429, 204]
+    assert writes[1].at - writes[0].at >= 1.9  # backoff alone would have retried in 0.1 s
