@@ -14,17 +14,19 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from agent import __version__
 from agent.aggregator import Aggregator, SensorFields, build_ident
-from agent.config import SensorSettings, Settings
+from agent.config import ConfigError, SensorSettings, Settings
 from agent.outputs import Output
 from agent.sensors import open_sensor
 from agent.status import snapshot_path, write_snapshot
 from agent.telegram import Ident, Telegram
-from drivers.reading import Sensor, SensorError
+from agent.windowlog import WindowLog
+from drivers.reading import Reading, Sensor, SensorError
 
 log = logging.getLogger("sensorkit.agent")
 
@@ -113,7 +115,7 @@ class SensorLoop(threading.Thread):
             return
         self.health.implausible = getattr(sensor, "implausible", 0)
         if readings:
-            self.agent.aggregator.add(readings)
+            self.agent.accept(readings)
             self.health.succeeded(self.settings.name, len(readings))
         elif getattr(sensor, "connected", True) is False:
             self.health.state = "disconnected"
@@ -140,6 +142,35 @@ class Agent:
         self._ident: Ident | None = None
         self._snapshot = snapshot_path(settings.kit.state_dir)
         self._last_end = 0
+        self._window_lock = threading.Lock()
+        try:
+            self._window_log = WindowLog(settings.kit.state_dir / "window.log")
+        except OSError as err:
+            raise ConfigError(
+                f"{settings.path} [kit] state_dir: cannot write {settings.kit.state_dir} "
+                f"({err.strerror}); allowed: a folder this user may create and write"
+            ) from None
+
+    def accept(self, readings: Sequence[Reading]) -> None:
+        """Readings from a sensor thread: kept on disk, then into the current window."""
+        with self._window_lock:
+            try:
+                self._window_log.append(readings)
+            except OSError as err:
+                log.warning("window log: %s; these readings are held in memory only", err)
+            self.aggregator.add(readings)
+
+    def _recover_window(self) -> None:
+        """Readings a crash left in the window log: their window's telegram is sent now."""
+        readings = self._window_log.recover()
+        if not readings:
+            return
+        interval = self.settings.kit.interval
+        end = (int(min(r.time for r in readings)) // interval + 1) * interval
+        log.info("recovered %d readings of the window ending %d", len(readings), end)
+        self.aggregator.add(readings)
+        if end <= time.time():
+            self.close_window(end)
 
     def run(self) -> int:
         """Run until :attr:`stop` is set; returns the exit code."""
@@ -150,6 +181,7 @@ class Agent:
         for output in self.outputs:
             output.start()
         self._send_ident_if_changed()
+        self._recover_window()
         for loop in self.loops:
             loop.start()
         interval = self.settings.kit.interval
@@ -171,6 +203,7 @@ class Agent:
                 loop.close()
             for output in self.outputs:
                 output.close()
+            self._window_log.close()
             self._snapshot.unlink(missing_ok=True)  # `status` now reads the queues on disk
         return 0
 
@@ -184,10 +217,12 @@ class Agent:
 
     def close_window(self, end: int) -> None:
         self._send_ident_if_changed()
-        data = self.aggregator.close_window(end)
-        if data is not None:
-            self._last_end = end
-            self._send(data)
+        with self._window_lock:
+            data = self.aggregator.close_window(end)
+            if data is not None:
+                self._last_end = end
+                self._send(data)
+            self._window_log.clear()  # the outputs hold the window now
 
     def _send_ident_if_changed(self) -> None:
         kit = self.settings.kit

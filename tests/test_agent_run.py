@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_sensorkit, write_config
 
+from agent.aggregator import robust_mean
 from agent.config import load
 from agent.console import ConsoleOutput
 from agent.runner import Agent
@@ -179,3 +180,34 @@ def test_a_failing_sensor_is_reported_while_the_others_carry_on(tmp_path):
     assert len(data) >= 4
     assert all("dtemp" not in d and "drh" not in d for d in data)
     assert sum("hpa" in d for d in data) >= 3 and sum("pm_25" in d for d in data) >= 3
+
+
+def test_readings_of_a_window_cut_by_kill_9_are_sent_after_the_restart(tmp_path):
+    ini = kit_ini(
+        tmp_path, "[dylos]\nenabled = yes\nbackend = simulated\nspeedup = 600\n", interval=5
+    )
+    while time.time() % 5 > 0.3:  # start just after a window began, so the kill falls inside it
+        time.sleep(0.05)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "-c", str(ini)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    window_end = (int(time.time()) // 5 + 1) * 5
+    time.sleep(3.5)
+    proc.kill()
+    proc.wait(timeout=10)
+    logged = (tmp_path / "state" / "window.log").read_text().splitlines()
+    pm25 = [float(line.split("\t")[1]) for line in logged if line.startswith("pm_25\t")]
+    assert len(pm25) >= 10, logged
+    before = [t["data"] for t in telegrams(tmp_path / "telegrams.jsonl") if "data" in t]
+    assert all(d["time"] != window_end for d in before)  # the window was cut short
+    while time.time() < window_end + 0.2:
+        time.sleep(0.1)
+    done = run_sensorkit("run", "-c", str(ini), "--duration", "1.5")
+    assert done.returncode == 0, done.stderr
+    assert f"recovered {len(logged)} readings of the window ending {window_end}" in done.stderr
+    after = [t["data"] for t in telegrams(tmp_path / "telegrams.jsonl") if "data" in t]
+    [late] = [d for d in after if d["time"] == window_end]
+    assert late["pm_25"] == pytest.approx(robust_mean(pm25))

@@ -1,0 +1,50 @@
+"""The readings of the window being averaged, on disk, so ``kill -9`` does not lose them.
+
+Each accepted reading is one ``write()`` of a short text line to ``<state_dir>/window.log``;
+the file is emptied when the window's telegram has been handed to the outputs. Emptied well
+before the kernel writes it back, it costs the SD card nothing; after a crash the agent reads
+it back and sends that window's telegram late rather than never.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from drivers.reading import Reading
+
+log = logging.getLogger("sensorkit.window")
+
+
+class WindowLog:
+    """Append readings; empty after each window; read back what a crash left."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def recover(self) -> list[Reading]:
+        """The readings a previous run accepted but did not get into a telegram."""
+        readings = []
+        for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1):
+            try:
+                name, value, stamp = line.split("\t")
+                readings.append(Reading(name, float(value), float(stamp)))
+            except ValueError:  # a line torn by the crash: everything before it is good
+                log.warning("%s line %d is torn; the readings after it are lost", self.path, number)
+                break
+        return readings
+
+    def append(self, readings: Iterable[Reading]) -> None:
+        text = "".join(f"{r.field}\t{r.value!r}\t{r.time!r}\n" for r in readings)
+        if text:
+            os.write(self._fd, text.encode())
+
+    def clear(self) -> None:
+        os.ftruncate(self._fd, 0)
+
+    def close(self) -> None:
+        os.close(self._fd)
