@@ -111,6 +111,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
         queued = status["queued"]
         delivered = status["delivered"] - before[name]
         line = f"{name} {status.get('url')}: {delivered} points delivered"
+        if status.get("lost"):
+            line += f", {status['lost']} LOST: the disk refused to queue them"
+            ok = False
         if status.get("quarantined"):
             line += f", {status['quarantined']} quarantined (see `sensorkit quarantine list`)"
         print(line, file=sys.stderr)

@@ -108,6 +108,8 @@ def format_status(status: dict) -> str:
             lines.append(f"  delivered       {out.get('delivered', 0)}")
             lines.append(f"  quarantined     {out.get('quarantined', 0)}")
             lines.append(f"  dropped (cap)   {out.get('dropped', 0)}")
+            if out.get("lost"):
+                lines.append(f"  lost (disk)     {out['lost']}")
         if out.get("last_error"):
             lines.append(
                 f"  last error      {_when(out.get('last_error_time'))}: {out['last_error']}"
