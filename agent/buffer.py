@@ -126,9 +126,16 @@ class _Log:
     segments: list[_Segment] = field(default_factory=list)
     head: int = 0
     torn: list[tuple[_Segment, int]] = field(default_factory=list)  # (segment, valid length)
+    count: int = 0  # unsettled points: at or above the head and not quarantined
+    bytes: int = 0
+    oldest: float | None = None
 
 
-def _scan(directory: Path, name: str) -> _Log:
+def _scan(directory: Path, name: str, held: frozenset[int] | set[int] = frozenset()) -> _Log:
+    """Read the head and every segment once (checking CRCs), counting what is unsettled.
+
+    ``held`` are the sequence numbers of quarantined points, which are settled.
+    """
     found = _Log()
     head_path = directory / f"{name}.head"
     try:
@@ -143,6 +150,11 @@ def _scan(directory: Path, name: str) -> _Log:
             if segment.empty:
                 segment.first_seq = entry.seq
             segment.last_seq, segment.size = entry.seq, stop
+            if entry.seq >= found.head and entry.seq not in held:
+                found.count += 1
+                found.bytes += entry.size
+                if found.oldest is None:
+                    found.oldest = entry.queued
         if segment.size != len(blob):
             found.torn.append((segment, segment.size))
         found.segments.append(segment)
@@ -201,7 +213,8 @@ class DurableQueue:
         self._closed: dict[str, object] | None = None  # the last stats, once closed
 
     def _open_log(self) -> None:
-        found = _scan(self.directory, self.name)
+        held = {seq for (seq,) in self._db.execute("SELECT seq FROM quarantine")}
+        found = _scan(self.directory, self.name, held)
         for segment, valid in found.torn:
             log.warning(
                 "queue %s: %s ends in a torn record (power cut?); %d bytes after it dropped",
@@ -223,20 +236,10 @@ class DurableQueue:
         self._next_seq = max(
             [found.head, quarantined_top] + [s.last_seq + 1 for s in self._segments]
         )
-        self._settled: set[int] = {  # settled out of order: above the head, below _next_seq
-            seq
-            for (seq,) in self._db.execute(
-                "SELECT seq FROM quarantine WHERE seq >= ?", (self._head,)
-            )
-        }
-        self._count = self._bytes = 0
-        self._oldest: float | None = None
+        # Settled out of order: above the head, below _next_seq.
+        self._settled: set[int] = {seq for seq in held if seq >= self._head}
+        self._count, self._bytes, self._oldest = found.count, found.bytes, found.oldest
         self._cursor: tuple[int, int, int] | None = None  # (segment, offset, seq) of the head
-        for entry in self._scan_unsettled():
-            self._count += 1
-            self._bytes += entry.size
-            if self._oldest is None:
-                self._oldest = entry.queued
         self._advance_head()
         number = self._segments[-1].number + 1 if self._segments else 1
         self._start_segment(number)
@@ -621,26 +624,16 @@ def read_stats(directory: str | os.PathLike[str], name: str) -> dict[str, object
         return None
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        held_seqs = {seq for (seq,) in db.execute("SELECT seq FROM quarantine")}
-        held = len(held_seqs)
+        held = {seq for (seq,) in db.execute("SELECT seq FROM quarantine")}
         counters = dict(db.execute("SELECT key, value FROM counters").fetchall())
     finally:
         db.close()
-    found = _scan(directory, name)
-    count = size = 0
-    oldest = None
-    for segment in found.segments:
-        blob = segment.path.read_bytes()[: segment.size]
-        for _, entry in _records(blob, check=False):
-            if entry.seq >= found.head and entry.seq not in held_seqs:
-                count += 1
-                size += entry.size
-                oldest = entry.queued if oldest is None else oldest
+    found = _scan(directory, name, held)
     return {
-        "queued": count,
-        "queued_bytes": size,
-        "oldest_queued": oldest,
-        "quarantined": held,
+        "queued": found.count,
+        "queued_bytes": found.bytes,
+        "oldest_queued": found.oldest,
+        "quarantined": len(held),
         "dropped": counters.get("dropped", 0),
         "delivered": counters.get("delivered", 0),
         "last_delivery": counters.get("last_delivery"),

@@ -45,16 +45,14 @@ def collect(state_dir: Path) -> dict[str, object]:
         live = None
     if live and _alive(live.get("pid")) and time.time() - live.get("time", 0) < STALE_AFTER:
         live["running"] = True
-        offline_queues = {}
+        from_disk = ("publish",)  # the running agent reports its own queue
     else:
         live = {"running": False, "outputs": {}, "sensors": {}}
-        offline_queues = {name: read_stats(state_dir, name) for name in QUEUES}
+        from_disk = QUEUES
     outputs = live.setdefault("outputs", {})
-    for name, stats in offline_queues.items():
-        if stats is not None:
+    for name in from_disk:
+        if (stats := read_stats(state_dir, name)) is not None:
             outputs[name] = stats
-    if "publish" not in outputs and (stats := read_stats(state_dir, "publish")):
-        outputs["publish"] = stats
     live["state_dir"] = str(state_dir)
     return live
 
