@@ -20,12 +20,15 @@ class Progress:
         self.tty = stream.isatty()
         self.every = 0.2 if self.tty else every
         self.started = time.monotonic()
-        self._shown = 0.0
+        self._shown: float | None = None  # when a line was last shown; None: never yet
         self._shown_done = -1
 
     def update(self, done: int) -> None:
         now = time.monotonic()
-        if done == self._shown_done or (now - self._shown < self.every and done < self.total):
+        if done == self._shown_done:
+            return
+        recent = self._shown is not None and now - self._shown < self.every
+        if recent and done < self.total:
             return
         self._shown, self._shown_done = now, done
         line = self.describe(done, now)
@@ -40,7 +43,7 @@ class Progress:
         self.update(self.total - left)
 
     def describe(self, done: int, now: float | None = None) -> str:
-        elapsed = max(1e-6, (now or time.monotonic()) - self.started)
+        elapsed = max(1e-6, (time.monotonic() if now is None else now) - self.started)
         rate = done / elapsed
         left = (self.total - done) / rate if rate > 0 else float("inf")
         eta = "?" if left == float("inf") else f"{int(left // 60)}:{int(left % 60):02d}"

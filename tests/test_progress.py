@@ -37,3 +37,15 @@ def test_off_a_terminal_it_logs_plain_lines_not_more_often_than_asked(caplog):
     assert lines[0].startswith("delivering: 0/200,000")
     assert lines[-1].startswith("delivering: 200,000/200,000")
     assert len(lines) == 2
+
+
+def test_the_first_line_shows_whatever_the_monotonic_clock_reads(monkeypatch, caplog):
+    """time.monotonic() counts from boot: a Pi up for 5 s must see the first line too."""
+    for uptime in (0.0, 5.0, 1e9):
+        monkeypatch.setattr("agent.progress.time.monotonic", lambda u=uptime: u)
+        caplog.clear()
+        progress = Progress("delivering", 10, stream=io.StringIO(), every=3600)
+        with caplog.at_level(logging.INFO, logger="sensorkit.progress"):
+            progress.update(1)
+            progress.update(2)  # within `every`: not shown
+        assert [r.getMessage()[:16] for r in caplog.records] == ["delivering: 1/10"], uptime
