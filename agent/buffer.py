@@ -1,20 +1,26 @@
 """The durable queue an output owns: nothing accepted is lost to a crash, an outage or a reboot.
 
-The queue is a log of append-only segment files, the way an SD card likes to be written:
+A log of segment files, ``<state_dir>/<name>.log/<number>.seg``, in the format of
+:mod:`agent.segments`: line protocol in frames that check themselves point by point.
 
-- ``<name>.log/<number>.seg``: every :meth:`DurableQueue.append` is one ``write()`` of
-  CRC-checked records before it returns, so an appended point survives ``kill -9`` at once.
-  Every ``sync_interval`` seconds the segment written to is fdatasynced once: a power cut can
-  cost at most that many seconds of undelivered points, and the card sees one small flush per
-  interval. Segments are read back in order, and deleted once every point in them is settled.
-- ``<name>.head``: the first point not yet settled, written when a backlog drains or the cap
-  drops points (never per point), so a restart does not re-send much.
-- ``<name>.sqlite3`` (WAL): quarantined points with the server's reason, and counters.
+- :meth:`DurableQueue.append` is one ``write()`` of whole frames before it returns, so a point
+  survives ``kill -9`` at once. Every ``sync_interval`` seconds the segment is fdatasynced if
+  anything was appended: a power cut costs at most that many seconds of undelivered points,
+  and the card sees one small flush per interval. The moment everything is delivered the
+  segment is cut to nothing, so points delivered online never reach the card.
+- A backlog is read back in batches that are byte ranges of the segments, checked with one
+  CRC call each (the frames' CRC chain) and sent as they are (InfluxDB skips the ``#`` lines):
+  a drain costs little per point. Settled points are kept as ranges; delivered segments are
+  deleted at once, and ``<name>.head`` records the first unsettled point (at most once a
+  second while a backlog drains), so a restart re-sends little.
+- A damaged byte costs the point it falls in: the batch is read again frame by frame, the
+  damaged bytes are set aside and the points lost counted (see :mod:`agent.recovery`).
+- Start-up and ``status`` read two lines of each sealed segment, whatever the backlog.
+- Drops and deliveries are counted in ``<name>.stats`` (:mod:`agent.counters`), refused points
+  kept in ``<name>.sqlite3`` (:mod:`agent.quarantine`).
 
-Online, points are delivered before the next flush and the segment is simply truncated, so
-nothing but a little page cache is ever written. Points leave in order (oldest first); a
-point re-sent after a crash is the same point to InfluxDB, so at-least-once delivery stores
-no duplicates.
+Points leave oldest first; a point re-sent after a crash is the same point to InfluxDB, so
+at-least-once delivery stores no duplicates.
 """
 
 from __future__ import annotations
@@ -23,146 +29,163 @@ import fcntl
 import logging
 import os
 import sqlite3
-import struct
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
+from agent import quarantine as _quarantine
+from agent import segments
+from agent.counters import Counters
+from agent.errors import SensorkitError
+from agent.intervals import Intervals
+from agent.quarantine import QuarantinedPoint, QuarantineStore
+from agent.recovery import (
+    DROP_REASONS,
+    QueueStats,
+    SegmentInfo,
+    head_frame,
+    legacy_stats,
+    make_stats,
+    read_stats,
+    scan,
+    survey,
+)
+from agent.segments import Damage, Frame, Trailer
+
 log = logging.getLogger("sensorkit.buffer")
 
-_HEADER = struct.Struct(">IQdHI")  # crc32 of the rest, seq, queued time, len(db), len(line)
-_BODY_HEADER = struct.Struct(">QdHI")
-SEGMENT_MAX = 1024 * 1024  # bytes; smaller when the cap is small (see _segment_max)
-COUNTERS_EVERY = 600.0  # seconds between writes of the delivery counters while running
+__all__ = ["Batch", "DurableQueue", "Entry", "QueueBusy", "QueueStats", "read_stats"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS quarantine (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, seq INTEGER, db TEXT NOT NULL, line TEXT NOT NULL,
-    reason TEXT NOT NULL, queued REAL NOT NULL, quarantined REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value);
-"""
+SEGMENT_MAX = 1024 * 1024  # bytes; smaller when the cap is small (see _segment_max)
+FRAME_LINES = 512  # most lines in one frame
+FRAME_BYTES = 128 * 1024
+COUNTERS_EVERY = 3600.0  # seconds between writes of changed delivery counters while running
+HEAD_EVERY = 1.0  # seconds between writes of the head while a backlog drains
+
+
+class QueueBusy(SensorkitError):
+    """Another process holds this queue (a second agent, or a publish still running)."""
 
 
 class Entry(NamedTuple):
-    """One queued point: its order, its database, its line of line protocol, its record size.
+    """One queued point: its order, database, line of line protocol, time queued, bytes on disk.
 
-    A named tuple rather than a dataclass: a backlog drain makes hundreds of thousands.
+    Made on demand (tests, splitting a batch); a drain itself works on byte ranges.
     """
 
     seq: int
     db: str
-    data: bytes  # the line of line protocol, UTF-8, as sent
+    data: bytes  # the line of line protocol, UTF-8, without its line end
     queued: float
-    size: int = 0  # bytes of its record on disk: what the cap counts
+    size: int = 0
 
     @property
     def line(self) -> str:
         return self.data.decode()
 
 
-@dataclass(frozen=True)
-class QuarantinedPoint:
-    id: int
-    db: str
-    line: str
-    reason: str
+class Piece(NamedTuple):
+    """``count`` points from ``seq`` on, as bytes of line protocol (``#`` lines allowed)."""
+
+    seq: int
+    count: int
+    data: bytes | memoryview
     queued: float
-    quarantined: float
 
 
-@dataclass
-class _Segment:
-    number: int
-    path: Path
-    first_seq: int = 0
-    last_seq: int = -1
-    size: int = 0
+@dataclass(frozen=True, eq=False)
+class Batch(Sequence[Entry]):
+    """Points of one database to send in one request; ``body`` is the request body.
+
+    ``stop`` and ``end`` tell :meth:`DurableQueue.peek` where to read on (``after=``).
+    """
+
+    db: str = ""
+    pieces: tuple[Piece, ...] = ()
+    stop: int = 0
+    end: tuple[int, int] | None = None
 
     @property
-    def empty(self) -> bool:
-        return self.size == 0
+    def size(self) -> int:
+        return sum(len(p.data) for p in self.pieces)
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(p.data for p in self.pieces)
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return [(p.seq, p.seq + p.count) for p in self.pieces]
+
+    @cached_property
+    def entries(self) -> tuple[Entry, ...]:
+        out: list[Entry] = []
+        for piece in self.pieces:
+            seq, queued, header = piece.seq, piece.queued, 0
+            for raw in bytes(piece.data).split(b"\n")[:-1]:
+                if raw[:1] == b"#":
+                    if raw.startswith(segments.FRAME):
+                        queued = float(raw.split(b" ", 3)[2])
+                        header = len(raw) + 1
+                    continue
+                out.append(Entry(seq, self.db, raw, queued, len(raw) + 1 + header))
+                seq, header = seq + 1, 0
+        return tuple(out)
+
+    def __len__(self) -> int:
+        return sum(p.count for p in self.pieces)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self.entries[index]
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self.entries)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence):
+            return [(e.seq, e.db, e.data) for e in self] == [
+                (e.seq, e.db, e.data)
+                for e in other  # type: ignore[attr-defined]
+            ]
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def split(self) -> tuple[Batch, Batch]:
+        """The first and the second half of the points."""
+        entries = self.entries
+        half = len(entries) // 2
+        return of_entries(entries[:half]), of_entries(entries[half:])
 
 
-class QueueBusy(RuntimeError):
-    """Another process holds this queue (a second agent, or a publish still running)."""
+def of_entries(entries: Sequence[Entry]) -> Batch:
+    """A batch of the given entries (one database); each run of sequence numbers a piece."""
+    pieces: list[Piece] = []
+    run: list[Entry] = []
+    for entry in entries:
+        if run and entry.seq != run[-1].seq + 1:
+            pieces.append(_piece(run))
+            run = []
+        run.append(entry)
+    if run:
+        pieces.append(_piece(run))
+    db = entries[0].db if entries else ""
+    return Batch(db, tuple(pieces), entries[-1].seq + 1 if entries else 0)
 
 
-def _pack(seq: int, db: str, line: str, queued: float) -> bytes:
-    db_bytes, line_bytes = db.encode(), line.encode()
-    body = _BODY_HEADER.pack(seq, queued, len(db_bytes), len(line_bytes)) + db_bytes + line_bytes
-    return struct.pack(">I", zlib.crc32(body)) + body
+def _piece(run: Sequence[Entry]) -> Piece:
+    return Piece(run[0].seq, len(run), b"".join(e.data + b"\n" for e in run), run[0].queued)
 
 
-def _records(
-    blob: bytes, check: bool = True, offset: int = 0, first: int = 0
-) -> Iterator[tuple[int, Entry]]:
-    """(offset after, entry) for each whole record from ``offset`` with seq >= ``first``.
-
-    Stops at a torn or (with ``check``) corrupt record.
-    """
-    end = len(blob)
-    unpack = _HEADER.unpack_from
-    header = _HEADER.size
-    while offset + header <= end:
-        crc, seq, queued, db_len, line_len = unpack(blob, offset)
-        start = offset + header
-        stop = start + db_len + line_len
-        if stop > end or (check and zlib.crc32(blob[offset + 4 : stop]) != crc):
-            return
-        if seq >= first:
-            db = blob[start : start + db_len].decode()
-            yield stop, Entry(seq, db, blob[start + db_len : stop], queued, stop - offset)
-        offset = stop
-
-
-@dataclass
-class _Log:
-    """What a scan of the segment files found (used by the queue and by ``status``)."""
-
-    segments: list[_Segment] = field(default_factory=list)
-    head: int = 0
-    torn: list[tuple[_Segment, int]] = field(default_factory=list)  # (segment, valid length)
-    count: int = 0  # unsettled points: at or above the head and not quarantined
-    bytes: int = 0
-    oldest: float | None = None
-
-
-def _scan(directory: Path, name: str, held: frozenset[int] | set[int] = frozenset()) -> _Log:
-    """Read the head and every segment once (checking CRCs), counting what is unsettled.
-
-    ``held`` are the sequence numbers of quarantined points, which are settled.
-    """
-    found = _Log()
-    head_path = directory / f"{name}.head"
-    try:
-        found.head = int(head_path.read_text().strip() or 0)
-    except (FileNotFoundError, ValueError):
-        found.head = 0
-    folder = directory / f"{name}.log"
-    for path in sorted(folder.glob("*.seg")) if folder.is_dir() else []:
-        segment = _Segment(int(path.stem), path)
-        blob = path.read_bytes()
-        for stop, entry in _records(blob):
-            if segment.empty:
-                segment.first_seq = entry.seq
-            segment.last_seq, segment.size = entry.seq, stop
-            if entry.seq >= found.head and entry.seq not in held:
-                found.count += 1
-                found.bytes += entry.size
-                if found.oldest is None:
-                    found.oldest = entry.queued
-        if segment.size != len(blob):
-            found.torn.append((segment, segment.size))
-        found.segments.append(segment)
-    return found
+EMPTY = Batch()
 
 
 class DurableQueue:
-    """A size-capped, crash-safe FIFO of ``(database, line)`` entries. Thread-safe."""
+    """A size-capped, crash-safe FIFO of ``(database, line)`` points. Thread-safe."""
 
     def __init__(
         self,
@@ -171,6 +194,7 @@ class DurableQueue:
         max_bytes: int = 64 * 1024 * 1024,
         sync_interval: float = 30.0,
         clock: Callable[[], float] = time.time,
+        counters: Counters | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -178,7 +202,7 @@ class DurableQueue:
         self.max_bytes = max_bytes
         self.sync_interval = sync_interval
         self.clock = clock
-        self.fsyncs = 0  # fdatasyncs and durable commits, for benchmarks
+        self.fsyncs = 0  # fdatasyncs of segments, for tests and benchmarks
         self._lock = threading.RLock()
         self._lockfile = os.open(self.directory / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -189,104 +213,86 @@ class DurableQueue:
                 f"queue {self.directory / name} is in use by another sensorkit process; "
                 "stop it first (systemctl stop sensorkit) or use another [kit] state_dir"
             ) from None
-        self._db = sqlite3.connect(
-            self.directory / f"{name}.sqlite3", check_same_thread=False, isolation_level=None
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # Quarantine commits are made durable at the next sync(), before any segment holding
-        # their points is deleted: one fsync per interval, not one per refused point.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._counters = dict(self._db.execute("SELECT key, value FROM counters").fetchall())
-        self._held_bytes = self._db.execute(
-            "SELECT coalesce(sum(length(CAST(line AS BLOB))), 0) FROM quarantine"
-        ).fetchone()[0]
-        self._held_dirty = False
-        self._counters_dirty = False
-        self._counters_written = time.monotonic()
-        self._dropping = False
-        self._folder = self.directory / f"{name}.log"
-        self._folder.mkdir(exist_ok=True)
-        self._head_path = self.directory / f"{name}.head"
-        self._open_log()
-        self._last_sync = time.monotonic()
-        self._closed: dict[str, object] | None = None  # the last stats, once closed
+        self._closed: QueueStats | None = None
+        try:
+            self._open(counters)
+        except BaseException:
+            os.close(self._lockfile)
+            raise
 
-    def _open_log(self) -> None:
-        held = {seq for (seq,) in self._db.execute("SELECT seq FROM quarantine")}
-        found = _scan(self.directory, self.name, held)
-        for segment, valid in found.torn:
-            log.warning(
-                "queue %s: %s ends in a torn record (power cut?); %d bytes after it dropped",
-                self.name,
-                segment.path.name,
-                segment.path.stat().st_size - valid,
-            )
-            os.truncate(segment.path, valid)
-        self._segments = [s for s in found.segments if not s.empty]
-        for segment in found.segments:
-            if segment.empty:
-                segment.path.unlink()
-        # Sequence numbers never repeat: quarantined points keep theirs.
-        (quarantined_top,) = self._db.execute(
-            "SELECT coalesce(max(seq) + 1, 0) FROM quarantine"
-        ).fetchone()
+    def _open(self, counters: Counters | None) -> None:
+        stats_path = self.directory / f"{self.name}.stats"
+        sqlite_path = self.directory / f"{self.name}.sqlite3"
+        self._owns_counters = counters is None
+        fresh_counters = not stats_path.exists()
+        self.counters = counters or Counters(stats_path)
+        if fresh_counters:
+            for key, value in legacy_stats(sqlite_path).items():
+                self.counters.set(key, value)
+        self.store = QuarantineStore(sqlite_path)
+        self._folder = self.directory / f"{self.name}.log"
+        self._folder.mkdir(exist_ok=True)
+        self._head_path = self.directory / f"{self.name}.head"
+        found = survey(self.directory, self.name, repair=True)
+        self._segments: list[SegmentInfo] = found.segments
         self._head = found.head
         self._head_written = found.head
-        self._next_seq = max(
-            [found.head, quarantined_top] + [s.last_seq + 1 for s in self._segments]
-        )
-        # Settled out of order: above the head, below _next_seq.
-        self._settled: set[int] = {seq for seq in held if seq >= self._head}
-        self._count, self._bytes, self._oldest = found.count, found.bytes, found.oldest
-        self._cursor: tuple[int, int, int] | None = None  # (segment, offset, seq) of the head
-        self._advance_head()
-        number = self._segments[-1].number + 1 if self._segments else 1
-        self._start_segment(number)
-
-    def _start_segment(self, number: int) -> None:
-        segment = _Segment(number, self._folder / f"{number:016d}.seg")
-        self._fd = os.open(segment.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        folder = os.open(self._folder, os.O_RDONLY)
-        try:  # the new file's name lasts a power cut too (once per start and per megabyte)
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-        self._segments.append(segment)
+        self._next_seq = max(found.next_seq, self.store.top())
+        self._settled = Intervals()  # settled points above the head (and missing ones)
+        for a, b in found.missing.ranges():
+            self._settled.add(max(a, self._head), b)
+        for seq in self.store.seqs_from(self._head):
+            self._settled.add(seq, seq + 1)
+        self._ends: dict[int, tuple[int, int]] = {}  # seq -> (segment, offset) of its frame
+        self._head_pos: tuple[int, int] = (0, 0)  # (segment, offset) of the head's frame
+        self._head_skip = 0  # bytes of that frame before the head (settled lines)
+        self._head_time = 0.0
+        self._oldest: float | None = None
         self._dirty = False
-
-    @property
-    def _active(self) -> _Segment:
-        return self._segments[-1]
-
-    def _segment_max(self) -> int:
-        return max(4096, min(SEGMENT_MAX, self.max_bytes // 8))
+        self._dropping = False
+        self._last_sync = self._counters_time = time.monotonic()
+        self._fd = -1
+        if not self._segments or self._segments[-1].sealed:
+            number = self._segments[-1].number + 1 if self._segments else 1
+            self._segments.append(self._new_segment(number))
+        else:
+            self._fd = os.open(self._active.path, os.O_WRONLY | os.O_APPEND)
+        self._count = self._next_seq - self._head - self._settled.total
+        self._count_drop("damaged", found.newly_damaged)
+        self._head_moved(force=True)
 
     # -- appending ------------------------------------------------------------------------
 
-    def append(self, items: Sequence[tuple[str, str]]) -> None:
-        """Queue ``(database, line)`` pairs; when this returns they survive a crash."""
+    def append(self, items: Sequence[tuple[str, str | bytes]]) -> None:
+        """Queue ``(database, line)`` pairs; when this returns they survive a crash.
+
+        A line never holds a line break nor starts with ``#`` (the encoder sees to it).
+        Raises OSError when the disk refuses (full, read-only): nothing of it is queued then.
+        """
         if not items:
             return
+        groups = _frames(items)
         with self._lock:
             if self._closed is not None:
                 raise RuntimeError(f"queue {self.name} is closed")
-            now = self.clock()
-            seq = self._next_seq
-            blob = b"".join(_pack(seq + i, db, line, now) for i, (db, line) in enumerate(items))
-            if not self._active.empty and self._active.size + len(blob) > self._segment_max():
+            now = int(self.clock())
+            active = self._active
+            blob, chain = _pack(groups, self._next_seq, now, active.chain)
+            if not active.empty and active.size + len(blob) > self._segment_max():
                 self._rotate()
+                active = self._active
+                blob, chain = _pack(groups, self._next_seq, now, 0)
             self._write(blob)
-            segment = self._active
-            if segment.empty:
-                segment.first_seq = seq
-            segment.last_seq = seq + len(items) - 1
-            segment.size += len(blob)
-            self._next_seq = seq + len(items)
-            self._count += len(items)
-            self._bytes += len(blob)
-            if self._oldest is None:
-                self._oldest = now
+            count = sum(len(lines) for _, lines in groups)
+            if active.empty:
+                active.first = self._next_seq
+                active.oldest = float(now)
+            active.next = self._next_seq + count
+            active.size = active.frames_end = active.size + len(blob)
+            active.chain = chain
+            active.dbs.update(db for db, _ in groups)
+            self._next_seq += count
+            self._count += count
             self._dirty = True
             self._enforce_cap()
             if self.sync_interval <= 0:
@@ -299,7 +305,7 @@ class DurableQueue:
             while view:
                 view = view[os.write(self._fd, view) :]
         except OSError as err:
-            try:  # no torn record may stay: it would hide every later one from a replay
+            try:  # no torn frame may stay: the next append would follow garbage
                 os.ftruncate(self._fd, self._active.size)
             except OSError:
                 log.exception("queue %s: cannot cut a failed write off", self.name)
@@ -309,234 +315,417 @@ class DurableQueue:
                 "the point was not queued",
             ) from err
 
+    @property
+    def _active(self) -> SegmentInfo:
+        return self._segments[-1]
+
+    def _segment_max(self) -> int:
+        return max(4096, min(SEGMENT_MAX, self.max_bytes // 8))
+
+    def _new_segment(self, number: int) -> SegmentInfo:
+        path = self._folder / f"{number:016d}.seg"
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        folder = os.open(self._folder, os.O_RDONLY)
+        try:  # the new file's name lasts a power cut too (once per start and per megabyte)
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+        return SegmentInfo(number, path, self._next_seq, self._next_seq)
+
     def _rotate(self) -> None:
-        """Flush and close the full segment and start the next one."""
-        if self._dirty:
-            os.fdatasync(self._fd)
-            self.fsyncs += 1
+        """Seal the full segment with its trailer, flush it, and start the next one."""
+        active = self._active
+        points = active.next - active.first
+        dbs = tuple(active.dbs)
+        self._write(
+            segments.pack_trailer(
+                active.first, active.next, points, int(active.oldest or 0), active.chain, dbs
+            )
+        )
+        os.fdatasync(self._fd)
+        self.fsyncs += 1
         os.close(self._fd)
-        self._start_segment(self._active.number + 1)
+        active.size = active.path.stat().st_size
+        active.sealed = True
+        self._segments.append(self._new_segment(active.number + 1))
+        self._dirty = False
 
-    # -- reading and settling -------------------------------------------------------------
+    # -- reading --------------------------------------------------------------------------
 
-    def _scan_unsettled(self, after: int = -1) -> Iterator[Entry]:
-        """Unsettled entries in order, with seq > ``after``, read from the segment files.
+    def peek(
+        self,
+        max_lines: int,
+        max_bytes: int,
+        after: Batch | None = None,
+        exclude: frozenset[str] = frozenset(),
+    ) -> Batch:
+        """The oldest unsettled points of one database, up to the limits (at least one).
 
-        Reading starts at the remembered position of the head where it can, so a drain
-        does not parse the delivered part of a segment again and again.
-        """
-        start = max(self._head, after + 1)
-        settled = self._settled
-        for segment in list(self._segments):
-            if segment.empty or segment.last_seq < start:
-                continue
-            offset = 0
-            cursor = self._cursor
-            if (
-                cursor is not None
-                and cursor[0] == segment.number
-                and cursor[2] <= start
-                and cursor[1] <= segment.size
-            ):
-                offset = cursor[1]
-            try:
-                with open(segment.path, "rb") as handle:
-                    handle.seek(offset)
-                    blob = handle.read(segment.size - offset)
-            except FileNotFoundError:
-                continue
-            for stop, entry in _records(blob, check=False, first=start):
-                if entry.seq not in settled:
-                    if after < 0 and entry.seq == self._head:
-                        self._cursor = (segment.number, offset + stop - entry.size, entry.seq)
-                    yield entry
-
-    def peek(self, max_lines: int, max_bytes: int, after: int = -1) -> list[Entry]:
-        """The oldest unsettled entries of one database (seq > ``after``), up to the limits.
-
-        At least one entry is returned when any is left; ``after`` lets a sender read past
-        a batch that is still in flight.
+        ``after`` reads on past a batch still in flight; points of databases in ``exclude``
+        (held back for now) are passed over. An empty batch when there is nothing to send.
         """
         with self._lock:
             if self._closed is not None or not self._count:
-                return []
-            batch: list[Entry] = []
-            size = 0
-            for entry in self._scan_unsettled(after):
-                if batch and (
-                    len(batch) >= max_lines
-                    or entry.db != batch[0].db
-                    or size + entry.size > max_bytes
+                return EMPTY
+            seq, pos = self._head, self._head_pos
+            if after is not None and after.end is not None and after.stop > seq:
+                seq, pos = after.stop, after.end
+            build = _Builder(max_lines, max_bytes, frozenset(d.encode() for d in exclude))
+            index, offset, finished, inside = self._index(pos[0]), pos[1], False, False
+            while index < len(self._segments) and not build.full:
+                segment = self._segments[index]
+                if segment.next > seq and not segment.empty:
+                    seq, offset, finished, inside = self._take(segment, offset, seq, build)
+                    if finished:
+                        break
+                index, offset = index + 1, 0
+                if index < len(self._segments):
+                    seq = max(seq, self._segments[index].first)
+            if not build.pieces:
+                return EMPTY
+            if index < len(self._segments):
+                end = (self._segments[index].number, offset)
+            else:
+                end = (self._active.number, self._active.frames_end)
+            if not inside:  # a frame starts there: where the head goes once this is settled
+                self._ends[seq] = end
+            return Batch(build.db.decode(), tuple(build.pieces), seq, end)  # type: ignore[union-attr]
+
+    def _index(self, number: int) -> int:
+        for i, segment in enumerate(self._segments):
+            if segment.number >= number:
+                return i
+        return len(self._segments) - 1
+
+    @staticmethod
+    def _read(segment: SegmentInfo, offset: int, stop: int) -> bytes:
+        if stop <= offset:
+            return b""
+        with open(segment.path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(stop - offset)
+
+    def _take(
+        self, segment: SegmentInfo, offset: int, seq: int, build: _Builder
+    ) -> tuple[int, int, bool, bool]:
+        """Add what ``segment`` holds from ``offset`` (the frame holding ``seq``) to ``build``.
+
+        Returns (next sequence number, offset of its frame, whether the batch is complete,
+        whether that number lies inside its frame).
+        """
+        data = self._read(segment, offset, segment.frames_end)
+        if not data:
+            return max(seq, segment.next), offset, False, False
+        if not segment.damaged and len(segment.dbs) == 1:
+            taken = self._take_range(segment, data, offset, seq, build)
+            if taken is not None:
+                return taken
+        return self._take_frames(segment, data, offset, seq, build)
+
+    def _take_range(
+        self, segment: SegmentInfo, data: bytes, offset: int, seq: int, build: _Builder
+    ) -> tuple[int, int, bool, bool] | None:
+        """The fast path: one byte range of whole frames, checked with one CRC call.
+
+        None when the range cannot be used as it is (the head inside a frame, a settled
+        point inside, damage): then the caller reads frame by frame.
+        """
+        (db,) = segment.dbs
+        if db in build.exclude:
+            return max(seq, segment.next), offset + len(data), False, False
+        if build.db is not None and db != build.db:
+            return seq, offset, True, False
+        first = segments.header(data, 0)
+        if not isinstance(first, Frame) or first.seq != seq:
+            return None
+        known = {len(data): (segment.next, segment.chain)}
+
+        def at(position: int) -> tuple[int, int] | None:
+            """(first sequence number, ``before``) of the frame starting at ``position``."""
+            if position not in known:
+                found = segments.header(data, position)
+                if not isinstance(found, Frame):
+                    return None
+                known[position] = (found.seq, found.before)
+            return known[position]
+
+        end = len(data)
+        if end > build.bytes_left:
+            end = segments.boundary_before(data, build.bytes_left + 1, 0)
+            if end <= 0:
+                if build.pieces or first.count > 1:
+                    return None if not build.pieces else (seq, offset, True, False)
+                end = first.stop
+        found = at(end)
+        if found is not None and found[0] - seq > build.points_left:
+            end = _cut(data, seq, end, found[0], seq + build.points_left, at)
+            found = at(end) if end > 0 else None
+        if found is None:
+            return None if not build.pieces else (seq, offset, True, False)
+        stop_seq, before_end = found
+        if self._settled.intersects(seq, stop_seq):
+            return None
+        view = memoryview(data)[:end]
+        if zlib.crc32(view, first.before) != before_end:
+            self._inspect(segment)
+            return None
+        build.add(db, Piece(seq, stop_seq - seq, view, float(first.queued)))
+        return stop_seq, offset + end, end < len(data) or build.full, False
+
+    def _take_frames(
+        self, segment: SegmentInfo, data: bytes, offset: int, seq: int, build: _Builder
+    ) -> tuple[int, int, bool, bool]:
+        """The careful path: frame by frame, each checked; settled and damaged points skipped."""
+        for item in segments.walk(data):
+            if isinstance(item, Trailer):
+                break
+            if isinstance(item, Damage) or item.bad:
+                self._inspect(segment)  # the damaged points are settled now
+                if isinstance(item, Damage):
+                    continue
+            if item.seq + item.count <= seq or item.db in build.exclude:
+                continue
+            if build.db is not None and item.db != build.db:
+                return max(seq, item.seq), offset + item.offset, True, seq > item.seq
+            runs = self._settled.gaps(max(seq, item.seq), item.seq + item.count)
+            size = item.stop - item.offset
+            alone = not build.pieces and item.count == 1  # at least one point, whatever its size
+            fits = item.count <= build.points_left and (size <= build.bytes_left or alone)
+            if runs == [(item.seq, item.seq + item.count)] and fits:
+                piece = Piece(item.seq, item.count, data[item.offset : item.stop], item.queued)
+                build.add(item.db, piece)
+            elif runs:
+                stopped = self._take_lines(item, data, runs, build)
+                if stopped is not None:
+                    return stopped, offset + item.offset, True, stopped > item.seq
+            seq = item.seq + item.count
+            if build.full:
+                return seq, offset + item.stop, True, False
+        return max(seq, segment.next), offset + len(data), False, False
+
+    @staticmethod
+    def _take_lines(item: Frame, data: bytes, runs, build: _Builder) -> int | None:
+        """Add the unsettled lines of a frame (without its frame line), within the limits.
+
+        Returns the sequence number it stopped at when the limits cut the frame, else None.
+        """
+        ends = [item.body]  # ends[i + 1]: one past line i's line end
+        for line in bytes(data[item.body : item.stop]).split(b"\n")[:-1]:
+            ends.append(ends[-1] + len(line) + 1)
+        for a, b in runs:
+            first = a - item.seq
+            take = 0
+            while first + take < b - item.seq:
+                size = ends[first + take + 1] - ends[first]
+                if (take or build.pieces) and (
+                    take >= build.points_left or size > build.bytes_left
                 ):
                     break
-                batch.append(entry)
-                size += entry.size
-            return batch
+                take += 1
+            if not take:
+                return a
+            build.add(item.db, Piece(a, take, data[ends[first] : ends[first + take]], item.queued))
+            if a + take < b:
+                return a + take
+        return None
 
-    def remove(self, entries: Sequence[Entry]) -> None:
-        """Forget entries the server accepted."""
+    # -- settling -------------------------------------------------------------------------
+
+    def remove(self, points: Batch | Sequence[Entry]) -> None:
+        """Forget points the server accepted."""
         with self._lock:
-            settled = self._settle(entries)
-            if settled:
-                self._count_up("delivered", settled)
-                self._counters["last_delivery"] = self.clock()
+            if self._closed is not None:
+                return
+            fresh = self._settle(_ranges(points))
+            if fresh:
+                self.counters.add("delivered", fresh)
+                self.counters.set("last_delivery", self.clock())
 
-    def quarantine(self, entries: Sequence[Entry], reason: str) -> None:
-        """Move entries the server refused for good aside, with the server's reason."""
+    def quarantine(self, points: Batch | Sequence[Entry], reason: str) -> None:
+        """Move points the server refused for good aside, with the server's reason."""
+        entries = list(points)
         if not entries:
             return
         with self._lock:
             if self._closed is not None:
                 return
             now = self.clock()
-            self._settle(entries)
-            self._count_up("quarantined", len(entries))
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT INTO quarantine (seq, db, line, reason, queued, quarantined)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(e.seq, e.db, e.line, reason, e.queued, now) for e in entries],
-            )
-            self._held_bytes += sum(len(e.data) for e in entries)
-            self._cap_quarantine()
-            self._write_counters()
-            self._db.execute("COMMIT")
-            self._held_dirty = True
+            try:
+                self.store.add([(e.seq, e.db, e.line, reason, e.queued, now) for e in entries])
+            except (sqlite3.Error, OSError) as err:
+                log.error(
+                    "queue %s: cannot keep %d refused points in quarantine (%s); they are "
+                    "dropped and counted",
+                    self.name,
+                    len(entries),
+                    err,
+                )
+                self._count_drop("unkept", self._settle(_ranges(entries)))
+                return
+            self._settle(_ranges(entries))
+            dropped = self.store.drop_oldest(self.max_bytes // 10)
+            if dropped:
+                log.warning(
+                    "queue %s: quarantine is full (%.2f MB); dropped the %d oldest refused "
+                    "points (counted in `sensorkit status`)",
+                    self.name,
+                    self.max_bytes / 10 / 1e6,
+                    dropped,
+                )
+                self._count_drop("quarantine_full", dropped)
 
-    def _cap_quarantine(self) -> None:
-        """Quarantine may hold a tenth of the queue's cap; beyond it the oldest go, counted."""
-        limit = self.max_bytes // 10
-        if self._held_bytes <= limit:
-            return
-        doomed, freed = [], 0
-        for row_id, size in self._db.execute(
-            "SELECT id, length(CAST(line AS BLOB)) FROM quarantine ORDER BY id"
-        ):
-            if self._held_bytes - freed <= limit * 0.9:
-                break
-            doomed.append((row_id,))
-            freed += size
-        self._db.executemany("DELETE FROM quarantine WHERE id = ?", doomed)
-        self._held_bytes -= freed
-        self._count_up("dropped", len(doomed))
-        log.warning(
-            "queue %s: quarantine is full (%.2f MB); dropped the %d oldest refused points "
-            "(counted in `sensorkit status`)",
-            self.name,
-            limit / 1e6,
-            len(doomed),
-        )
-
-    def _settle(self, entries: Sequence[Entry]) -> int:
-        """Mark entries settled; returns how many were not settled already."""
+    def _settle(self, ranges: Sequence[tuple[int, int]]) -> int:
+        """Mark points settled; returns how many were not settled already."""
         fresh = 0
-        for entry in entries:
-            if entry.seq < self._head or entry.seq in self._settled:
-                continue
-            if entry.seq >= self._next_seq:
-                continue
-            self._settled.add(entry.seq)
-            self._count -= 1
-            self._bytes -= entry.size
-            fresh += 1
-        self._advance_head()
-        if self._dropping and self._bytes < self.max_bytes // 2:
+        for a, b in ranges:
+            fresh += self._settled.add(max(a, self._head), min(b, self._next_seq))
+        if fresh:
+            self._count -= fresh
+            self._head_moved()
+        if self._dropping and self._bytes() < self.max_bytes // 2:
             self._dropping = False
             log.warning(
                 "queue %s: below half its cap again; %d points dropped in all",
                 self.name,
-                self._counters.get("dropped", 0),
+                self.counters.get("dropped_cap", 0),
             )
         return fresh
 
-    def _advance_head(self) -> None:
+    def _head_moved(self, force: bool = False) -> None:
+        """Move the head past settled points; delete what it passed; find where it is."""
         before = self._head
-        while self._head in self._settled:
-            self._settled.discard(self._head)
-            self._head += 1
-        if not self._count:
-            self._head = self._next_seq
+        self._head = self._settled.pop_from(self._head)
+        if self._count <= 0 or self._head >= self._next_seq:
+            self._count, self._head = 0, self._next_seq
             self._settled.clear()
-        if self._head != before or not self._count:
-            self._oldest = None  # recomputed lazily by stats()
+        if self._head == before and not force:
+            return
+        self._oldest = None
+        for seq in [s for s in self._ends if s < self._head]:
+            del self._ends[seq]
+        passed = [s for s in self._segments[:-1] if s.next <= self._head]
+        for segment in passed:
+            segment.path.unlink(missing_ok=True)
+        self._segments = [s for s in self._segments if s not in passed]
+        if not self._count:
+            self._empty_active()
+            self._head_pos, self._head_skip = (self._active.number, 0), 0
+            return
+        known = self._ends.get(self._head)
+        if known is not None:
+            self._head_pos, self._head_skip = known, 0
+        else:
+            number, offset, self._oldest, self._head_skip = head_frame(self._segments, self._head)
+            self._head_pos = (number, offset)
+        if time.monotonic() - self._head_time >= HEAD_EVERY:
+            self._write_head()
+
+    def _empty_active(self) -> None:
+        """Everything is delivered: cut the active segment to nothing, before the kernel
+        writes any of it to the card."""
+        active = self._active
+        if not active.empty:
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError as err:
+                log.warning("queue %s: cannot empty %s: %s", self.name, active.path, err)
+                return
+        active.first = active.next = self._next_seq
+        active.size = active.frames_end = active.chain = 0
+        active.dbs.clear()
+        active.oldest = None
+        active.damaged = False
+        self._dirty = False
+        self._ends.clear()
+
+    # -- damage ---------------------------------------------------------------------------
+
+    def _inspect(self, segment: SegmentInfo) -> None:
+        """Read a segment whose CRCs did not check frame by frame: set damage aside, count
+        the points it cost, and read this segment carefully from now on."""
+        data = self._read(segment, 0, segment.size)
+        index = self._segments.index(segment)
+        prior = self._segments[index - 1].next if index else segment.first
+        lost, fresh = scan(self.directory, self.name, segment, data, prior, known_next=segment.next)
+        segment.damaged = True
+        settled = 0
+        for a, b in lost.ranges():
+            settled += self._settled.add(max(a, self._head), min(b, self._next_seq))
+        self._count -= settled
+        self._count_drop("damaged", fresh)
+        if settled:
+            self._head_moved()
+
+    def _count_drop(self, reason: str, n: int) -> None:
+        if n <= 0:
+            return
+        self.counters.add(f"dropped_{reason}", n)
+        self.counters.flush(durable=True)
+        log.warning(
+            "queue %s: %d points dropped: %s (counted in `sensorkit status`)",
+            self.name,
+            n,
+            DROP_REASONS[reason],
+        )
 
     # -- durability -----------------------------------------------------------------------
 
     def sync(self) -> None:
-        """Make what is undelivered durable (one fdatasync) and drop settled segments."""
+        """Make what is undelivered durable (one fdatasync) and record the head."""
         with self._lock:
             if self._closed is not None:
                 return
-            if self._held_dirty:  # quarantined points last before their segment may go
-                self._db.execute("PRAGMA synchronous=FULL")
-                self.flush_counters(force=True)
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                self._held_dirty = False
-                self.fsyncs += 1
-            self._compact()
             if self._dirty and not self._active.empty:
                 os.fdatasync(self._fd)
                 self.fsyncs += 1
             self._dirty = False
             self._write_head()
-            if time.monotonic() - self._counters_written >= COUNTERS_EVERY:
-                self.flush_counters()
+            if time.monotonic() - self._counters_time >= COUNTERS_EVERY:
+                self.counters.flush()
+                self._counters_time = time.monotonic()
             self._last_sync = time.monotonic()
-
-    def _compact(self) -> None:
-        """Delete segments every point of which is settled; empty the active one if it is."""
-        for segment in self._segments[:-1]:
-            if segment.last_seq < self._head:
-                segment.path.unlink(missing_ok=True)
-        self._segments = [s for s in self._segments[:-1] if s.last_seq >= self._head] + [
-            self._active
-        ]
-        active = self._active
-        if not active.empty and active.last_seq < self._head:
-            os.ftruncate(self._fd, 0)  # all delivered: the page cache never reaches the card
-            active.size, active.last_seq = 0, -1
-            self._cursor = None
-            self._dirty = False
-
-    def _write_head(self, always: bool = False) -> None:
-        """Record the head when points remain on disk and it moved (a drain, a drop)."""
-        on_disk = any(not s.empty for s in self._segments)
-        if self._head == self._head_written or not (on_disk or always):
-            return
-        tmp = self._head_path.with_suffix(".tmp")
-        tmp.write_text(f"{self._head}\n")
-        os.replace(tmp, self._head_path)
-        self._head_written = self._head
 
     def maybe_sync(self) -> None:
         """:meth:`sync` when ``sync_interval`` has passed since the last one."""
         if time.monotonic() - self._last_sync >= self.sync_interval:
             self.sync()
 
-    def flush_counters(self, force: bool = False) -> None:
-        """Persist delivery counters (done at close, on drops and quarantine, and hourly)."""
-        with self._lock:
-            if (self._counters_dirty or force) and self._closed is None:
-                self._db.execute("BEGIN")
-                self._write_counters()
-                self._db.execute("COMMIT")
+    def _write_head(self) -> None:
+        """Record the head when points remain on disk and it moved (a drain, a drop)."""
+        if self._head == self._head_written or not self._count:
+            return
+        tmp = self._head_path.with_suffix(".tmp")
+        try:
+            tmp.write_text(f"{self._head}\n")
+            os.replace(tmp, self._head_path)
+        except OSError as err:  # costs only some re-sending after a restart
+            log.debug("queue %s: head not recorded: %s", self.name, err)
+            return
+        self._head_written = self._head
+        self._head_time = time.monotonic()
 
     def close(self) -> None:
+        """Flush, record head and counters, release the lock; never raises (a full disk)."""
         with self._lock:
             if self._closed is not None:
                 return
             try:
                 self.sync()
-                self._write_head(always=True)
-                self.flush_counters()
+            except OSError as err:
+                log.error("queue %s: final flush failed: %s", self.name, err)
+            try:
                 self._closed = self.stats()
             finally:
-                if self._closed is None:
-                    self._closed = {}
-                os.close(self._fd)
+                self._closed = self._closed or QueueStats()
+                if self._owns_counters:
+                    self.counters.close()
+                else:
+                    self.counters.flush(durable=True)
+                if self._fd >= 0:
+                    os.close(self._fd)
                 if self._active.empty:
                     self._active.path.unlink(missing_ok=True)
-                self._db.close()
+                self.store.close()
                 os.close(self._lockfile)
 
     # -- status ---------------------------------------------------------------------------
@@ -545,48 +734,60 @@ class DurableQueue:
     def depth(self) -> int:
         return self._count
 
-    @property
-    def total_bytes(self) -> int:
-        return self._bytes
-
-    def stats(self) -> dict[str, object]:
-        """Depth, bytes, oldest queued time, counters: the queue's part of ``status``."""
+    def stats(self) -> QueueStats:
+        """Depth, bytes, oldest queued time, drops and deliveries."""
         with self._lock:
             if self._closed is not None:
-                return dict(self._closed)
+                return self._closed
             if self._oldest is None and self._count:
-                first = next(self._scan_unsettled(), None)
-                self._oldest = first.queued if first else None
-            held = self._db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
-            return {
-                "queued": self._count,
-                "queued_bytes": self._bytes,
-                "oldest_queued": self._oldest,
-                "quarantined": held,
-                "dropped": self._counters.get("dropped", 0),
-                "delivered": self._counters.get("delivered", 0),
-                "last_delivery": self._counters.get("last_delivery"),
-            }
+                self._oldest = self._queued_at(self._head_pos)
+            return make_stats(
+                self.counters.values(), self._count, self._bytes(), self._oldest, self.store.count()
+            )
 
-    # -- internals ------------------------------------------------------------------------
+    def queued_bytes(self) -> int:
+        """Bytes on disk from the head on: what the cap counts."""
+        with self._lock:
+            return self._bytes()
+
+    def _bytes(self) -> int:
+        if not self._count:
+            return 0
+        number, offset = self._head_pos
+        ahead = sum(s.size for s in self._segments if s.number >= number)
+        return ahead - offset - self._head_skip
+
+    def _queued_at(self, pos: tuple[int, int]) -> float | None:
+        segment = self._segments[self._index(pos[0])]
+        found = segments.header(self._read(segment, pos[1], pos[1] + segments.MAX_HEADER), 0)
+        return float(found.queued) if isinstance(found, Frame) else None
+
+    # -- the cap --------------------------------------------------------------------------
 
     def _enforce_cap(self) -> None:
-        if self._bytes <= self.max_bytes:
+        size = self._bytes()
+        if size <= self.max_bytes:
             return
         target = int(self.max_bytes * 0.9)  # drop in chunks: one head write per chunk
-        doomed = []
+        doomed: list[tuple[int, int]] = []
         freed = 0
-        for entry in self._scan_unsettled():
-            if self._bytes - freed <= target:
-                break
-            doomed.append(entry)
-            freed += entry.size
-        self._settle(doomed)
-        self._count_up("dropped", len(doomed))
-        self._compact()
+        for segment in list(self._segments):
+            if segment.next <= self._head or segment.empty or size - freed <= target:
+                continue
+            data = self._read(segment, 0, segment.frames_end)
+            for item in segments.walk(data):
+                if size - freed <= target:
+                    break
+                if isinstance(item, Frame) and item.seq + item.count > self._head:
+                    doomed.append((item.seq, item.seq + item.count))
+                    freed += item.stop - item.offset
+            if segment.sealed and size - freed > target:
+                freed += segment.size - segment.frames_end  # the trailer goes with it
+        dropped = self._settle(doomed)
         self._write_head()
-        self.flush_counters()
-        if doomed and not self._dropping:
+        if not dropped:
+            return
+        if not self._dropping:
             self._dropping = True
             log.warning(
                 "queue %s is full (cap %.2f MB): dropping the oldest points (%d now); "
@@ -594,74 +795,122 @@ class DurableQueue:
                 "to keep more",
                 self.name,
                 self.max_bytes / 1e6,
-                len(doomed),
+                dropped,
             )
-
-    def note(self, key: str, value: object) -> None:
-        """Keep a fact about delivery (e.g. the last error) with the counters on disk."""
-        with self._lock:
-            if self._counters.get(key) != value:
-                self._counters[key] = value
-                self._counters_dirty = True
-
-    def _count_up(self, key: str, n: int) -> None:
-        self._counters[key] = self._counters.get(key, 0) + n
-        self._counters_dirty = True
-
-    def _write_counters(self) -> None:
-        self._db.executemany(
-            "INSERT OR REPLACE INTO counters (key, value) VALUES (?, ?)", self._counters.items()
-        )
-        self._counters_dirty = False
-        self._counters_written = time.monotonic()
+        self.counters.add("dropped_cap", dropped)
+        self.counters.flush(durable=True)
 
 
-def read_stats(directory: str | os.PathLike[str], name: str) -> dict[str, object] | None:
-    """A queue's stats read without opening it for writing (for ``status``); None if absent."""
-    directory = Path(directory)
-    path = directory / f"{name}.sqlite3"
-    if not path.exists():
-        return None
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        held = {seq for (seq,) in db.execute("SELECT seq FROM quarantine")}
-        counters = dict(db.execute("SELECT key, value FROM counters").fetchall())
-    finally:
-        db.close()
-    found = _scan(directory, name, held)
-    return {
-        "queued": found.count,
-        "queued_bytes": found.bytes,
-        "oldest_queued": found.oldest,
-        "quarantined": len(held),
-        "dropped": counters.get("dropped", 0),
-        "delivered": counters.get("delivered", 0),
-        "last_delivery": counters.get("last_delivery"),
-        "last_error": counters.get("last_error"),
-        "last_error_time": counters.get("last_error_time"),
-    }
+@dataclass
+class _Builder:
+    """A batch being put together within its limits."""
+
+    max_lines: int
+    max_bytes: int
+    exclude: frozenset[bytes]
+    db: bytes | None = None
+    pieces: list[Piece] = field(default_factory=list)
+    points: int = 0
+    size: int = 0
+
+    @property
+    def points_left(self) -> int:
+        return self.max_lines - self.points
+
+    @property
+    def bytes_left(self) -> int:
+        return self.max_bytes - self.size
+
+    @property
+    def full(self) -> bool:
+        return self.points >= self.max_lines or self.size >= self.max_bytes
+
+    def add(self, db: bytes, piece: Piece) -> None:
+        self.db = db
+        self.pieces.append(piece)
+        self.points += piece.count
+        self.size += len(piece.data)
+
+
+def _cut(data: bytes, seq: int, hi: int, hi_seq: int, target: int, at) -> int:
+    """The last frame start in ``data[:hi]`` whose sequence number is at most ``target``.
+
+    An interpolation search over frame starts: a few header reads, not one per frame. 0 when
+    the first frame alone holds more than ``target - seq`` points.
+    """
+    lo, lo_seq = 0, seq
+    while True:
+        guess = lo + max(1, int((hi - lo) * (target - lo_seq) / max(1, hi_seq - lo_seq)))
+        b = segments.boundary_before(data, min(guess, hi) + 1, lo + 1)
+        if b <= lo:
+            b = segments.boundary_after(data, lo + 1)
+        if b >= hi:
+            return lo
+        found = at(b)
+        if found is None:
+            return lo
+        if found[0] <= target:
+            lo, lo_seq = b, found[0]
+            if lo_seq == target:
+                return lo
+        else:
+            hi, hi_seq = b, found[0]
+
+
+def _ranges(points: Batch | Sequence[Entry]) -> list[tuple[int, int]]:
+    if isinstance(points, Batch):
+        return points.ranges()
+    out: list[tuple[int, int]] = []
+    for entry in sorted(points, key=lambda e: e.seq):
+        if out and out[-1][1] == entry.seq:
+            out[-1] = (out[-1][0], entry.seq + 1)
+        else:
+            out.append((entry.seq, entry.seq + 1))
+    return out
+
+
+def _frames(items: Sequence[tuple[str, str | bytes]]) -> list[tuple[bytes, list[bytes]]]:
+    """``(database, lines)`` per frame: runs of one database, at most FRAME_LINES/BYTES."""
+    groups: list[tuple[bytes, list[bytes]]] = []
+    db: bytes | None = None
+    run: list[bytes] = []
+    size = 0
+    for name, line in items:
+        encoded = name.encode()
+        data = line.encode() if isinstance(line, str) else line
+        if run and (encoded != db or len(run) >= FRAME_LINES or size + len(data) > FRAME_BYTES):
+            groups.append((db, run))  # type: ignore[arg-type]
+            run, size = [], 0
+        db = encoded
+        run.append(data)
+        size += len(data) + 1
+    if run:
+        groups.append((db, run))  # type: ignore[arg-type]
+    for db, lines in groups:
+        joined = b"\n".join(lines)
+        if joined.count(b"\n") != len(lines) - 1 or joined.startswith(b"#") or b"\n#" in joined:
+            raise ValueError("a queued line holds a line break or starts with '#'")
+        if b"\n" in db or b"/" in db:
+            raise ValueError(f"database name {db!r} holds a line break or '/'")
+    return groups
+
+
+def _pack(groups, seq: int, queued: int, chain: int) -> tuple[bytes, int]:
+    """The frames of ``groups`` from ``seq`` on, chained from ``chain``; and the chain after."""
+    out = []
+    for db, lines in groups:
+        frame = segments.pack_frame(seq, db, lines, queued, chain)
+        chain = zlib.crc32(frame, chain)
+        out.append(frame)
+        seq += len(lines)
+    return b"".join(out), chain
 
 
 def read_quarantine(directory: str | os.PathLike[str], name: str) -> list[QuarantinedPoint]:
-    """Quarantined points, read-only (safe while the agent runs)."""
-    path = Path(directory) / f"{name}.sqlite3"
-    if not path.exists():
-        return []
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        rows = db.execute(
-            "SELECT id, db, line, reason, queued, quarantined FROM quarantine ORDER BY id"
-        ).fetchall()
-    finally:
-        db.close()
-    return [QuarantinedPoint(*row) for row in rows]
+    """The points queue ``name`` holds in quarantine, read-only (safe while it runs)."""
+    return _quarantine.read_quarantine(Path(directory) / f"{name}.sqlite3")
 
 
 def release_quarantined(directory: str | os.PathLike[str], name: str, ids: Sequence[int]) -> None:
     """Delete quarantined points by id (after they were re-sent successfully)."""
-    db = sqlite3.connect(Path(directory) / f"{name}.sqlite3", timeout=30)
-    try:
-        with db:
-            db.executemany("DELETE FROM quarantine WHERE id = ?", [(i,) for i in ids])
-    finally:
-        db.close()
+    _quarantine.release(Path(directory) / f"{name}.sqlite3", ids)

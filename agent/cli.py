@@ -1,28 +1,57 @@
-"""The ``sensorkit`` command line (also ``python -m agent``). Exit codes: 0 ok, 2 bad usage or
-bad config or bad input, 1 any other failure."""
+"""The ``sensorkit`` command line (also ``python -m agent``).
+
+Exit codes: 0 ok; 1 something did not succeed (points only queued, refused or lost; a server
+failure); 2 bad usage, a bad setting or bad input; 130 interrupted (Ctrl-C, SIGTERM).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
+import tempfile
 import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent import __version__
-from agent.buffer import QueueBusy, read_quarantine, release_quarantined
 from agent.config import ConfigError, Settings, find_config, load
-from agent.influx import InfluxError
+from agent.errors import SensorkitError
 from agent.progress import Progress
 from agent.telegram import Ident, Telegram, TelegramError, parse_telegrams
 
 log = logging.getLogger("sensorkit")
 
+CHUNK = 500  # points appended to the queue at once by `publish`
+INTERRUPTED = 130
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     return load(find_config(args.config))
+
+
+class _Stop:
+    """SIGINT and SIGTERM set a flag that long work looks at, instead of a traceback."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal = ""
+
+    def install(self, on_stop=None) -> None:
+        def handler(signum: int, _frame: object) -> None:
+            self.signal = signal.Signals(signum).name
+            self.event.set()
+            if on_stop is not None:
+                on_stop(self.signal)
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -33,14 +62,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     outputs = open_outputs(settings, "influx", database=settings.influx.database)
     agent = Agent(settings, outputs)
 
-    def stop(signum: int, _frame: object) -> None:
-        log.info("got %s; finishing the current window and stopping", signal.Signals(signum).name)
+    def stop(name: str) -> None:
+        log.info("got %s; finishing the current window and stopping", name)
         agent.stop.set()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    _Stop().install(stop)
     if args.duration:
-        threading.Timer(args.duration, agent.stop.set).start()
+        timer = threading.Timer(args.duration, agent.stop.set)
+        timer.daemon = True
+        timer.start()
     log.info(
         "sensorkit %s: kit %s_%s, window %d s, outputs: %s",
         __version__,
@@ -52,80 +82,254 @@ def cmd_run(args: argparse.Namespace) -> int:
     return agent.run()
 
 
-def _read_files(names: list[str]) -> list[tuple[str, list[Telegram]]]:
-    """Every file parsed before anything is sent: one bad file refuses them all."""
-    parsed = []
+# -- publish -----------------------------------------------------------------------------------
+
+
+def _telegrams(path: Path, source: str) -> Iterator[Telegram]:
+    """The telegrams of a file, in order; TelegramError names file, line and reason."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise TelegramError(f"{source}: cannot read it: {err}") from None
+    yield from parse_telegrams(text, source)
+
+
+@dataclass
+class _File:
+    """One input of ``publish``: where it is read from, and what the first pass found."""
+
+    source: str
+    path: Path
+    idents: int = 0
+    data: int = 0
+    databases: set[str] = field(default_factory=set)
+    queued: int = 0  # telegrams queued by the second pass
+
+
+def _inputs(names: list[str], spool_dir: Path) -> list[_File]:
+    """The files to publish; standard input is copied to a file first, so it can be read
+    twice (checked whole, then sent) with memory flat."""
+    files = []
     for name in names:
         if name == "-":
-            text, source = sys.stdin.read(), "<stdin>"
+            spool_dir.mkdir(parents=True, exist_ok=True)
+            fd, spooled = tempfile.mkstemp(prefix="publish-stdin-", suffix=".json", dir=spool_dir)
+            with os.fdopen(fd, "wb") as out:
+                while chunk := sys.stdin.buffer.read(1 << 20):
+                    out.write(chunk)
+            files.append(_File("<stdin>", Path(spooled)))
         else:
-            try:
-                text, source = Path(name).read_text(encoding="utf-8"), name
-            except (OSError, UnicodeDecodeError) as err:
-                raise TelegramError(f"{name}: cannot read it: {err}") from None
-        parsed.append((source, parse_telegrams(text, source)))
-    return parsed
+            path = Path(name)
+            if not path.is_file():
+                raise TelegramError(f"{name}: cannot read it: no such file")
+            files.append(_File(name, path))
+    return files
+
+
+def _check(files: list[_File], stop: _Stop) -> None:
+    """The first pass: every telegram of every file checked before anything is sent."""
+    for item in files:
+        for telegram in _telegrams(item.path, item.source):
+            if stop.event.is_set():
+                return
+            if isinstance(telegram, Ident):
+                item.idents += 1
+                item.databases.add(telegram.database)
+            else:
+                item.data += 1
+    for item in files:  # said once all are known good: a bad file refuses the whole call
+        print(
+            f"{item.source}: {item.idents} ident, {item.data} data -> database "
+            f"{', '.join(sorted(item.databases))}",
+            file=sys.stderr,
+        )
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from agent.outputs import open_outputs
+    from agent.outputs import Queued, open_outputs
 
     settings = _settings(args)
-    files = _read_files(args.files)
-    outputs = open_outputs(settings, "publish")
-    if not outputs:
-        raise ConfigError(f"{settings.path}: no output is enabled ([influx] or [console])")
-    before = {o.name: o.status().get("delivered", 0) for o in outputs}
-    total = 0
-    for source, telegrams in files:
-        idents = [t for t in telegrams if isinstance(t, Ident)]
-        databases = sorted({i.database for i in idents})
+    stop = _Stop()
+    stop.install()
+    files = _inputs(args.files, settings.kit.state_dir)
+    try:
+        _check(files, stop)
+        if stop.event.is_set():
+            print(f"sensorkit: interrupted ({stop.signal}); nothing was sent", file=sys.stderr)
+            return INTERRUPTED
+        outputs = open_outputs(settings, "publish")
+        if not outputs:
+            raise ConfigError(f"{settings.path}: no output is enabled ([influx] or [console])")
+        queued = [o for o in outputs if isinstance(o, Queued)]
+        before = {o.name: o.stats().queue.delivered for o in queued}
+        for output in queued:
+            output.start()
+        stalled = ""
+        try:
+            stalled = _stream(files, outputs, args.wait, stop)
+            if not stop.event.is_set():
+                for output in queued:
+                    _drain(output, args.wait, stop)
+        finally:
+            finals = {o.name: o.stats() for o in queued}
+            for output in outputs:
+                output.close()
+    finally:
+        for item in files:
+            if item.source == "<stdin>":
+                item.path.unlink(missing_ok=True)
+    ok = _report(settings, outputs, finals, before, files, stalled)
+    if stop.event.is_set():
         print(
-            f"{source}: {len(idents)} ident, {len(telegrams) - len(idents)} data "
-            f"-> database {', '.join(databases)}",
+            f"sensorkit: interrupted ({stop.signal}); what was queued stays in "
+            f"{settings.kit.state_dir} for the next `sensorkit publish`",
             file=sys.stderr,
         )
-        for telegram in telegrams:
-            for output in outputs:
+        return INTERRUPTED
+    return 0 if ok else 1
+
+
+def _stream(files: list[_File], outputs: list, wait: float, stop: _Stop) -> str:
+    """The second pass: telegrams to every output, queued in chunks with backpressure.
+
+    Returns why reading stopped early ("" when every file was read): the server took no
+    points for ``wait`` seconds while the queue was at its high-water mark.
+    """
+    from agent.outputs import Queued
+
+    plain = [o for o in outputs if not isinstance(o, Queued)]
+    queued = [o for o in outputs if isinstance(o, Queued)]
+    pending: dict[str, list[tuple[str, str]]] = {o.name: [] for o in queued}
+    sizes = {o.name: 0 for o in queued}  # bytes pending: a chunk never crowds the queue
+    for item in files:
+        unflushed = 0  # telegrams of this file read but not yet queued
+        for telegram in _telegrams(item.path, item.source):
+            if stop.event.is_set():
+                return ""
+            for output in plain:
                 output.send(telegram)
-            total += 1
-    ok = True
-    try:
-        for output in outputs:
-            output.start()
-            pending = output.status().get("queued")
-            if not isinstance(pending, int):
-                continue
-            progress = Progress(f"delivering to {output.name}", pending)
-            ok = output.wait_drained(args.wait, progress.remaining) and ok
-            progress.remaining(output.status()["queued"])
-            progress.finish()
-    finally:
-        summaries = [(o.name, o.status()) for o in outputs]
-        for output in outputs:
-            output.close()
-    for name, status in summaries:
-        if "queued" not in status:
-            print(f"{name}: {status.get('sent', 0)} telegrams written", file=sys.stderr)
+            unflushed += 1
+            full = False
+            for output in queued:
+                points = output.encode(telegram)
+                pending[output.name] += points
+                sizes[output.name] += sum(len(line) + 64 for _, line in points)
+                full = full or len(pending[output.name]) >= CHUNK
+                full = full or sizes[output.name] >= _high_water(output) // 2
+            if full:
+                stalled = _flush(queued, pending, wait, stop)
+                if stalled:
+                    return stalled
+                sizes = dict.fromkeys(sizes, 0)
+                item.queued += unflushed
+                unflushed = 0
+        stalled = _flush(queued, pending, wait, stop)
+        if stalled:
+            return stalled
+        sizes = dict.fromkeys(sizes, 0)
+        item.queued += unflushed
+    return ""
+
+
+def _flush(queued: list, pending: dict, wait: float, stop: _Stop) -> str:
+    """Queue what is pending once there is room; "" when done, else why not."""
+    for output in queued:
+        points = pending[output.name]
+        if not points:
             continue
-        queued = status["queued"]
-        delivered = status["delivered"] - before[name]
-        line = f"{name} {status.get('url')}: {delivered} points delivered"
-        if status.get("lost"):
-            line += f", {status['lost']} LOST: the disk refused to queue them"
-            ok = False
-        if status.get("quarantined"):
-            line += f", {status['quarantined']} quarantined (see `sensorkit quarantine list`)"
-        print(line, file=sys.stderr)
-        if queued:
+        stalled = _room(output, wait, stop)
+        if stalled:
+            return stalled
+        output.accept(points)
+        points.clear()
+    return ""
+
+
+def _high_water(output) -> int:
+    """The most ``publish`` lets a queue hold: a quarter of its cap, at most 16 MB."""
+    return min(output.capacity // 4, 16_000_000)
+
+
+def _room(output, wait: float, stop: _Stop) -> str:
+    """Wait while the queue is above its high-water mark, so publish never pushes its own
+    points out of the queue; "" once there is room, else why not."""
+    high = _high_water(output)
+    since = None
+    while output.queued_bytes() > high:
+        if stop.event.is_set():
+            return "interrupted"
+        if output.failing():
+            since = since or time.monotonic()
+            if time.monotonic() - since > wait:
+                return f"the server took no points for {wait:g} s"
+        else:
+            since = None
+        stop.event.wait(0.05)
+    return ""
+
+
+def _drain(output, wait: float, stop: _Stop) -> None:
+    pending = output.stats().queue.queued
+    progress = Progress(f"delivering to {output.name}", pending)
+    deadline = time.monotonic() + wait
+    while not stop.event.is_set():
+        remaining = deadline - time.monotonic()
+        if output.wait_drained(min(0.5, max(0.0, remaining)), progress.remaining):
+            break
+        if remaining <= 0:
+            break
+    progress.remaining(output.stats().queue.queued)
+    progress.finish()
+
+
+def _report(settings, outputs, finals, before, files, stalled: str) -> bool:
+    """The summary of a publish on stderr; True when everything reached every output."""
+    ok = True
+    for output in outputs:
+        stats = finals.get(output.name)
+        if stats is None:
             print(
-                f"{name}: {queued} points are still queued safely in "
+                f"{output.name}: {output.status().get('sent', 0)} telegrams written",
+                file=sys.stderr,
+            )
+            continue
+        queue = stats.queue
+        line = (
+            f"{output.name} {stats.url}: {queue.delivered - before[output.name]} points delivered"
+        )
+        if stats.lost:
+            line += f", {stats.lost} LOST: the disk refused to queue them"
+            ok = False
+        if queue.quarantined:
+            line += (
+                f", {queue.quarantined} quarantined: the server refused them (see "
+                "`sensorkit quarantine list`)"
+            )
+            ok = False
+        print(line, file=sys.stderr)
+        if queue.queued:
+            print(
+                f"{output.name}: {queue.queued} points are still queued safely in "
                 f"{settings.kit.state_dir}; run `sensorkit publish` again to deliver them"
-                + ("" if status.get("last_error") else " (the server was still taking them)"),
+                + ("" if stats.last_error else " (the server was still taking them)"),
                 file=sys.stderr,
             )
             ok = False
-    return 0 if ok else 1
+    if stalled:
+        for item in files:
+            total = item.idents + item.data
+            if item.queued < total:
+                print(
+                    f"{item.source}: {total - item.queued} of {total} telegrams were NOT "
+                    f"queued ({stalled}); nothing is lost: run `sensorkit publish "
+                    f"{item.source}` again once the server takes points",
+                    file=sys.stderr,
+                )
+        ok = False
+    return ok
+
+
+# -- status, quarantine, probe -----------------------------------------------------------------
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -141,36 +345,56 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
+    from agent.buffer import read_quarantine, release_quarantined
+    from agent.status import queue_names
+
     settings = _settings(args)
     state_dir = settings.kit.state_dir
-    points = read_quarantine(state_dir, args.queue)
+    names = [args.queue] if args.queue else queue_names(state_dir)
+    held = {name: read_quarantine(state_dir, name) for name in names}
     if args.action == "list":
-        for p in points:
-            print(f"#{p.id} database {p.db}: {p.reason}\n    {p.line}")
-        print(f"{len(points)} quarantined points in {state_dir}/{args.queue}", file=sys.stderr)
+        for name, points in held.items():
+            for p in points:
+                print(f"{name} #{p.id} database {p.db}: {p.reason}\n    {p.line}")
+        summary = ", ".join(f"{len(points)} in {name}" for name, points in held.items())
+        print(f"quarantined points in {state_dir}: {summary or 'none'}", file=sys.stderr)
         return 0
     if args.action == "export":
-        for p in points:
-            print(p.line)
+        for points in held.values():
+            for p in points:
+                print(p.line)
         return 0
-    from agent.outputs import influx_client
+    return _resend(settings, held, release_quarantined)
 
-    client = influx_client(settings)
-    resent = []
-    for db in sorted({p.db for p in points}):
-        batch = [p for p in points if p.db == db]
-        for point in batch:
-            try:
-                client.write(db, point.line.encode())
-            except InfluxError as err:
-                print(f"#{point.id} still refused: {err}", file=sys.stderr)
-                if err.retryable or err.status in (401, 403):
+
+def _resend(settings: Settings, held: dict, release) -> int:
+    """Send quarantined points again, one at a time; the classifier says which went."""
+    from agent.classify import Verdict, classify
+    from agent.outputs import influx_sink
+
+    sink = influx_sink(settings)
+    total = resent_all = 0
+    try:
+        for name, points in held.items():
+            resent: list[int] = []
+            stopped = False
+            for point in points:
+                if stopped:
                     break
-                continue
-            resent.append(point.id)
-    release_quarantined(state_dir, args.queue, resent)
-    print(f"re-sent {len(resent)} of {len(points)} quarantined points", file=sys.stderr)
-    return 0 if len(resent) == len(points) else 1
+                reply = sink.write(point.db, point.line.encode())
+                verdict = classify(reply)
+                if verdict is Verdict.DELIVERED:
+                    resent.append(point.id)
+                    continue
+                print(f"{name} #{point.id} still refused: {reply}", file=sys.stderr)
+                stopped = verdict not in (Verdict.QUARANTINE, Verdict.SPLIT)
+            release(settings.kit.state_dir, name, resent)
+            total += len(points)
+            resent_all += len(resent)
+    finally:
+        sink.close()
+    print(f"re-sent {resent_all} of {total} quarantined points", file=sys.stderr)
+    return 0 if resent_all == total else 1
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -204,7 +428,10 @@ def parser() -> argparse.ArgumentParser:
     pub = command("publish", "send telegrams from JSON files (- = stdin) through the outputs")
     pub.add_argument("files", nargs="*", metavar="FILE")
     pub.add_argument(
-        "--wait", type=float, default=60.0, help="seconds to wait for delivery (default 60)"
+        "--wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait for a server that takes no points (default 60)",
     )
     pub.set_defaults(func=cmd_publish)
     status = command("status", "queue depth, deliveries, errors, drops and sensor health")
@@ -212,7 +439,9 @@ def parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     quarantine = command("quarantine", "list, export or re-send points the server refused")
     quarantine.add_argument("action", choices=("list", "export", "resend"))
-    quarantine.add_argument("--queue", default="influx", choices=("influx", "publish"))
+    quarantine.add_argument(
+        "--queue", help="only this queue (influx: the agent's, publish: sensorkit publish's)"
+    )
     quarantine.set_defaults(func=cmd_quarantine)
     probe = command("probe", "detect connected sensors and say what to put in agent.ini")
     probe.set_defaults(func=cmd_probe)
@@ -228,9 +457,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ConfigError, TelegramError) as err:
+    except SensorkitError as err:
         print(f"sensorkit: {err}", file=sys.stderr)
-        return 2
-    except (QueueBusy, InfluxError) as err:
-        print(f"sensorkit: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("sensorkit: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except BrokenPipeError:  # `sensorkit ... | head`: the reader went away
+        with contextlib.suppress(OSError):
+            sys.stderr.close()
         return 1

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from agent.errors import UsageError
 from agent.lineprotocol import check_key, check_tag_value, check_text
 
 log = logging.getLogger("sensorkit.config")
@@ -34,7 +35,7 @@ _TAG_ALLOWED = "text on one line, with no backslash at its end or just before a 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A bad or missing setting; the CLI prints it and exits 2."""
 
 

@@ -23,14 +23,8 @@ class ConsoleOutput:
         self._stream.flush()
         self.sent += 1
 
-    def start(self) -> None:
-        pass
-
-    def wait_drained(self, timeout: float, progress=None) -> bool:
-        return True
-
     def status(self) -> dict[str, object]:
-        return {"file": self.path, "sent": self.sent}
+        return {"kind": "console", "file": self.path, "sent": self.sent}
 
     def close(self) -> None:
         if self._stream is not sys.stdout:

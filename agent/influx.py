@@ -1,15 +1,15 @@
-"""A small InfluxDB 1.x HTTP client: ``/write`` at second precision, ``/query``, ``/ping``.
+"""A small HTTP client for InfluxDB: requests with credentials, and InfluxQL ``/query``.
 
 Built on :mod:`http.client` with one kept-alive connection, so it needs no third-party
-package on the Pi. Credentials travel in a Basic ``Authorization`` header, never in a URL, so
+package on the Pi. Credentials travel in an ``Authorization`` header, never in a URL, so
 they cannot leak into a log line. HTTPS verifies certificates unless ``verify_tls`` is off.
+Only a complete response counts: one cut off before its headers end is no answer at all.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
-import gzip
 import http.client
 import json
 import logging
@@ -18,10 +18,12 @@ import ssl
 import urllib.parse
 from dataclasses import dataclass
 
+from agent.errors import SensorkitError
+
 log = logging.getLogger("sensorkit.influx")
 
 
-class InfluxError(Exception):
+class InfluxError(SensorkitError):
     """A request that did not succeed. ``status`` is None when no HTTP answer came."""
 
     def __init__(
@@ -36,11 +38,6 @@ class InfluxError(Exception):
         self.server_message = server_message
         self.retry_after = retry_after  # seconds the server asked us to wait (429, 503)
 
-    @property
-    def retryable(self) -> bool:
-        """True for what design.md says to retry with backoff: network, timeout, 5xx, 429."""
-        return self.status is None or self.status >= 500 or self.status == 429
-
 
 @dataclass(frozen=True)
 class Response:
@@ -53,6 +50,39 @@ class Response:
             return str(json.loads(self.body).get("error", "")) or self.body.decode()[:300]
         except (ValueError, AttributeError):
             return self.body.decode("utf-8", "replace")[:300]
+
+
+class _Lines:
+    """A response's socket file that remembers whether a line read hit the end of the data."""
+
+    def __init__(self, fp) -> None:
+        self._fp = fp
+        self.ended = False
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self._fp.readline(limit)
+        if not line or not line.endswith(b"\n"):
+            self.ended = True
+        return line
+
+    def __getattr__(self, name: str):
+        return getattr(self._fp, name)
+
+
+class _CompleteResponse(http.client.HTTPResponse):
+    """An HTTP response whose header block must end with its blank line.
+
+    :mod:`http.client` takes the end of the data for the end of the headers, so a reply cut
+    off after ``HTTP/1.1 204 No Content`` would look like a successful write.
+    """
+
+    def begin(self) -> None:
+        lines = _Lines(self.fp)
+        self.fp = lines  # type: ignore[assignment]
+        super().begin()
+        self.fp = lines._fp
+        if lines.ended:
+            raise http.client.IncompleteRead(b"", None)
 
 
 def quote_ident(name: str) -> str:
@@ -152,24 +182,6 @@ class InfluxClient:
             return Response(answer.status, data, {k.lower(): v for k, v in answer.getheaders()})
         raise AssertionError("unreachable")
 
-    def write(self, database: str, body: bytes, retention_policy: str = "") -> None:
-        """POST line protocol at ``precision=s``; raises InfluxError unless the server said 204."""
-        headers = {"Content-Type": "text/plain; charset=utf-8"}
-        if self.compress:
-            body = gzip.compress(body, compresslevel=1)
-            headers["Content-Encoding"] = "gzip"
-        params = {"db": database, "precision": "s"}
-        if retention_policy:
-            params["rp"] = retention_policy
-        answer = self.request("POST", "/write", params, body, headers)
-        if answer.status != 204:
-            raise InfluxError(
-                self._explain(answer, f"writing to database {database!r}", database),
-                answer.status,
-                answer.server_message(),
-                _seconds(answer.headers.get("retry-after", "")),
-            )
-
     def query(self, statement: str, database: str = "", post: bool = False) -> list[dict]:
         """Run InfluxQL; returns the ``results`` list; InfluxError on any error in it."""
         params = {"q": statement, "epoch": "s"}
@@ -178,7 +190,7 @@ class InfluxClient:
         answer = self.request("POST" if post else "GET", "/query", params)
         if answer.status != 200:
             raise InfluxError(
-                self._explain(answer, f"running {statement!r}"),
+                self.explain(answer, f"running {statement!r}"),
                 answer.status,
                 answer.server_message(),
             )
@@ -200,11 +212,6 @@ class InfluxClient:
     def create_database(self, name: str) -> None:
         self.query(f"CREATE DATABASE {quote_ident(name)}", post=True)
 
-    def ping(self) -> str:
-        """The server's version; InfluxError if it does not answer."""
-        answer = self.request("GET", "/ping", {})
-        return answer.headers.get("x-influxdb-version", "unknown")
-
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -222,9 +229,11 @@ class InfluxClient:
                 self._conn = http.client.HTTPConnection(
                     self._host, self._port, timeout=self.timeout
                 )
+            self._conn.response_class = _CompleteResponse
         return self._conn
 
-    def _explain(self, answer: Response, doing: str, database: str = "") -> str:
+    def explain(self, answer: Response, doing: str, database: str = "") -> str:
+        """What went wrong, for a person: the user, the server, and what to do."""
         said = answer.server_message()
         if answer.status == 401:
             return (
@@ -241,7 +250,7 @@ class InfluxClient:
         return f"InfluxDB at {self.url} answered {answer.status} while {doing}: {said}"
 
 
-def _seconds(text: str) -> float | None:
+def seconds(text: str) -> float | None:
     """A Retry-After given in seconds (the HTTP-date form is rare and ignored)."""
     try:
         value = float(text)

@@ -1,15 +1,21 @@
-"""Opens the outputs ``agent.ini`` enables; each owns its own buffer (like Telegraf's outputs)."""
+"""The outputs ``agent.ini`` enables. Every output takes telegrams; some own a durable queue.
+
+:class:`Output` is what every output has; :class:`Queued` is the second face of an output
+that owns a durable queue and a sender (a :class:`~agent.delivery.Delivery`), so callers ask
+``isinstance(output, Queued)`` instead of guessing from what its status holds.
+"""
 
 from __future__ import annotations
 
-import sqlite3
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
-from agent.buffer import DurableQueue
 from agent.config import ConfigError, Settings
 from agent.console import ConsoleOutput
+from agent.delivery import Backoff, Delivery, DeliverySettings, DeliveryStats
 from agent.influx import InfluxClient
-from agent.publisher import Backoff, InfluxOutput
+from agent.series import SeriesEncoder
+from agent.sinks import InfluxV1Sink
 from agent.telegram import Telegram
 
 
@@ -18,13 +24,35 @@ class Output(Protocol):
 
     def send(self, telegram: Telegram) -> None: ...
 
-    def start(self) -> None: ...
-
-    def wait_drained(self, timeout: float, progress=None) -> bool: ...
-
     def status(self) -> dict[str, object]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Queued(Protocol):
+    """An output with a durable queue: started, drained, asked how it fares."""
+
+    name: str
+    capacity: int  # bytes the queue may hold
+
+    def encode(self, telegram: Telegram) -> list[tuple[str, str]]: ...
+
+    def start(self) -> None: ...
+
+    def queued_bytes(self) -> int: ...
+
+    def accept(self, points: Sequence[tuple[str, str]]) -> bool: ...
+
+    def wait_drained(
+        self, timeout: float, progress: Callable[[int], None] | None = None
+    ) -> bool: ...
+
+    def stats(self) -> DeliveryStats: ...
+
+    def failing(self) -> bool: ...
+
+    def alive(self) -> bool: ...
 
 
 def influx_client(settings: Settings) -> InfluxClient:
@@ -40,6 +68,21 @@ def influx_client(settings: Settings) -> InfluxClient:
     )
 
 
+def influx_sink(settings: Settings) -> InfluxV1Sink:
+    return InfluxV1Sink(influx_client(settings), create_database=settings.influx.create_database)
+
+
+def delivery_settings(settings: Settings) -> DeliverySettings:
+    s = settings.influx
+    return DeliverySettings(
+        batch_size=s.batch_size,
+        batch_bytes=s.batch_kb * 1024,
+        queue_bytes=int(s.queue_max_mb * 1_000_000),
+        sync_interval=s.sync_interval,
+        backoff=Backoff(cap=s.retry_max, slow=max(s.retry_max, 300.0)),
+    )
+
+
 def open_outputs(settings: Settings, queue_name: str, database: str = "") -> list[Output]:
     """The enabled outputs; the InfluxDB one queues under ``state_dir/<queue_name>``."""
     outputs: list[Output] = []
@@ -51,32 +94,24 @@ def open_outputs(settings: Settings, queue_name: str, database: str = "") -> lis
                 f"{settings.path} [console] file: cannot open {settings.console.file} "
                 f"({err.strerror}); allowed: - or a file in a folder that exists"
             ) from None
-    s = settings.influx
-    if s.enabled:
+    if settings.influx.enabled:
         try:
-            queue = DurableQueue(
-                settings.kit.state_dir,
-                queue_name,
-                max_bytes=int(s.queue_max_mb * 1_000_000),
-                sync_interval=s.sync_interval,
+            outputs.append(
+                Delivery(
+                    "influx",
+                    influx_sink(settings),
+                    settings.kit.state_dir,
+                    queue_name,
+                    SeriesEncoder(database).encode,
+                    delivery_settings(settings),
+                )
             )
-        except (OSError, sqlite3.Error) as err:
+        except OSError as err:
             for output in outputs:
                 output.close()
             raise ConfigError(
                 f"{settings.path} [kit] state_dir: cannot keep the queue in "
-                f"{settings.kit.state_dir} ({getattr(err, 'strerror', None) or err}); "
+                f"{settings.kit.state_dir} ({err.strerror or err}); "
                 "allowed: a folder this user may create and write"
             ) from None
-        outputs.append(
-            InfluxOutput(
-                influx_client(settings),
-                queue,
-                database=database,
-                batch_size=s.batch_size,
-                batch_bytes=s.batch_kb * 1024,
-                backoff=Backoff(cap=s.retry_max, slow=max(s.retry_max, 300.0)),
-                create_database=s.create_database,
-            )
-        )
     return outputs

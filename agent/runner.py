@@ -21,7 +21,7 @@ from pathlib import Path
 from agent import __version__
 from agent.aggregator import Aggregator, SensorFields, build_ident
 from agent.config import ConfigError, SensorSettings, Settings
-from agent.outputs import Output
+from agent.outputs import Output, Queued
 from agent.sensors import open_sensor
 from agent.status import snapshot_path, write_snapshot
 from agent.telegram import Ident, Telegram
@@ -179,7 +179,8 @@ class Agent:
         for loop in self.loops:
             loop.open()  # open synchronously first, so the first ident lists what is there
         for output in self.outputs:
-            output.start()
+            if isinstance(output, Queued):
+                output.start()
         self._send_ident_if_changed()
         self._recover_window()
         for loop in self.loops:

@@ -2,7 +2,8 @@
 
 The running agent writes a small JSON snapshot every few seconds to a RAM-backed runtime
 directory (``/run/sensorkit`` under systemd, else ``/dev/shm``), so reporting status costs the
-SD card nothing. Without a fresh snapshot the queues' SQLite files are read read-only.
+SD card nothing. Without a fresh snapshot each queue under ``state_dir`` is read from disk,
+read-only (two lines per sealed segment, whatever the backlog).
 """
 
 from __future__ import annotations
@@ -14,10 +15,19 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.buffer import read_stats
+from agent.delivery import offline_stats
+from agent.recovery import DROP_REASONS
 
-QUEUES = ("influx", "publish")
 STALE_AFTER = 30.0
+
+
+def queue_names(state_dir: Path) -> list[str]:
+    """Every queue kept under ``state_dir`` (the agent's, publish's, a relay's ...)."""
+    names = set()
+    for pattern, suffix in (("*.log", ".log"), ("*.stats", ".stats"), ("*.sqlite3", ".sqlite3")):
+        for path in state_dir.glob(pattern):
+            names.add(path.name.removesuffix(suffix))
+    return sorted(names)
 
 
 def snapshot_path(state_dir: Path) -> Path:
@@ -45,14 +55,13 @@ def collect(state_dir: Path) -> dict[str, object]:
         live = None
     if live and _alive(live.get("pid")) and time.time() - live.get("time", 0) < STALE_AFTER:
         live["running"] = True
-        from_disk = ("publish",)  # the running agent reports its own queue
     else:
         live = {"running": False, "outputs": {}, "sensors": {}}
-        from_disk = QUEUES
     outputs = live.setdefault("outputs", {})
-    for name in from_disk:
-        if (stats := read_stats(state_dir, name)) is not None:
-            outputs[name] = stats
+    reported = {out.get("queue") for out in outputs.values() if isinstance(out, dict)}
+    for name in queue_names(state_dir):
+        if name not in reported and (stats := offline_stats(state_dir, name)) is not None:
+            outputs[name] = stats.as_json() | {"queue": name}
     live["state_dir"] = str(state_dir)
     return live
 
@@ -97,7 +106,7 @@ def format_status(status: dict) -> str:
         if out.get("url"):
             user = out.get("user") or "(no auth)"
             lines.append(f"  server          {out['url']} as {user}")
-        if "queued" in out:
+        if out.get("kind") == "queued":
             lines.append(
                 f"  queued          {out['queued']} points, {out['queued_bytes'] / 1e6:.2f} MB"
             )
@@ -105,14 +114,18 @@ def format_status(status: dict) -> str:
             lines.append(f"  last delivery   {_when(out.get('last_delivery'))}")
             lines.append(f"  delivered       {out.get('delivered', 0)}")
             lines.append(f"  quarantined     {out.get('quarantined', 0)}")
-            lines.append(f"  dropped (cap)   {out.get('dropped', 0)}")
+            lines.append(f"  dropped         {out.get('dropped', 0)}")
+            for reason, count in sorted((out.get("dropped_by") or {}).items()):
+                lines.append(f"    {count} {DROP_REASONS.get(reason, reason)}")
             if out.get("lost"):
-                lines.append(f"  lost (disk)     {out['lost']}")
+                lines.append(f"  lost (disk)     {out['lost']} (the disk refused to queue them)")
+            for db, why in sorted((out.get("held") or {}).items()):
+                lines.append(f"  held back       {db}: {why}")
         if out.get("last_error"):
             lines.append(
                 f"  last error      {_when(out.get('last_error_time'))}: {out['last_error']}"
             )
-        if "sent" in out:
+        if out.get("kind") == "console":
             lines.append(f"  sent            {out['sent']} telegrams to {out.get('file')}")
     for name, health in sorted(status.get("sensors", {}).items()):
         state = health.get("state", "?")

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+from agent.errors import UsageError
 from agent.lineprotocol import check_key, check_tag_value, check_text
 
 Value = float | int | str | bool
@@ -24,7 +25,7 @@ _DATA_TAGS = ("label", "new")  # tags of ``data``: a field of the same name woul
 MAX_TIME = 9_223_372_036  # the last second InfluxDB 1.x can store (int64 nanoseconds)
 
 
-class TelegramError(ValueError):
+class TelegramError(UsageError):
     """A telegram that cannot be accepted; the message says where and why."""
 
 

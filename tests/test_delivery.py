@@ -22,9 +22,10 @@ from conftest import _require_influxd, run_sensorkit, write_config
 from httpstub import FlakyProxy
 from influxd import InfluxServer
 
-from agent.buffer import DurableQueue
+from agent.delivery import Backoff, Delivery, DeliverySettings
 from agent.influx import InfluxClient
-from agent.publisher import Backoff, InfluxOutput
+from agent.series import SeriesEncoder
+from agent.sinks import InfluxV1Sink
 from agent.telegram import Data, Ident
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,16 +156,16 @@ def output(
     backoff: Backoff | None = None,
     batch_size: int = 5000,
     compress: bool = True,
-) -> InfluxOutput:
-    queue = DurableQueue(tmp_path / "state", "influx", sync_interval=sync_interval)
+    sink_type: type[InfluxV1Sink] = InfluxV1Sink,
+) -> Delivery:
     client = InfluxClient(url, username=user, password=password, timeout=2, compress=compress)
-    return InfluxOutput(
-        client,
-        queue,
+    settings = DeliverySettings(
         batch_size=batch_size,
+        sync_interval=sync_interval,
         backoff=backoff or Backoff(base=0.1, cap=0.3, slow=0.5),
-        create_database=create,
     )
+    sink = sink_type(client, create_database=create)
+    return Delivery("influx", sink, tmp_path / "state", "influx", SeriesEncoder().encode, settings)
 
 
 def ident(serial: str) -> Ident:
@@ -244,11 +245,11 @@ def test_404_without_create_database_is_retried_by_the_running_sender(influx, tm
     try:
         out.send(ident("c3"))
         out.send(data(0))
-        assert wait_for(lambda: out.state.failures >= 1, 5)
-        assert "create_database is off" in out.state.last_error
+        assert wait_for(lambda: out.failing(), 5)
+        assert "create_database is off" in out.stats().last_error
         assert out.queue.depth == 2
         admin(influx, 'CREATE DATABASE "T_c3"')
-        assert wait_for(lambda: out.queue.depth == 0, 10), out.state.last_error
+        assert wait_for(lambda: out.queue.depth == 0, 10), out.stats().last_error
     finally:
         out.close()
     assert len(rows(influx, "data", "T_c3")) == 1
@@ -266,15 +267,14 @@ def test_a_database_dropped_while_running_is_created_again_and_bad_points_still_
         admin(influx, 'DROP DATABASE "T_c4"')
         bad = 'data,label=bench dtemp=1.0,dtemp="twice" 1700000001'  # a 400 of its own
         good = "data,label=bench dtemp=2.0 1700000002"
-        out.queue.append([("T_c4", bad), ("T_c4", good)])
-        out._wake.set()
+        out.accept([("T_c4", bad), ("T_c4", good)])
         # 404 -> created -> 400 -> split: no slow (60 s) retry in between.
-        assert wait_for(lambda: out.queue.depth == 0, 8), out.state.last_error
-        assert out.state.last_error == ""  # not taken for an outage
+        assert wait_for(lambda: out.queue.depth == 0, 8), out.stats().last_error
+        assert out.stats().last_error is None  # not taken for an outage
     finally:
         out.close()
     assert [r["dtemp"] for r in rows(influx, "data", "T_c4")] == [2.0]
-    held = out.queue.stats()["quarantined"]
+    held = out.queue.stats().quarantined
     assert held == 1
 
 
@@ -344,7 +344,7 @@ def test_400_field_type_conflict_quarantines_only_the_conflicting_points(influx,
     good = [r for r in sent if "pm_25" not in r]
     config = kit_config(tmp_path, influx.url)
     done = sensorkit("publish", "-c", str(config), str(telegram_file(tmp_path / "t", "c5", sent)))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # refused points: not everything was delivered
     assert "13 quarantined" in done.stderr
     stored = [r for r in rows(influx, "data", "T_c5") if r["label"] == "bench"]
     assert sorted(r["time"] for r in stored) == [r["time"] for r in good]  # every good point
@@ -401,7 +401,7 @@ def test_413_for_a_single_point_quarantines_it_and_delivers_the_rest(small_body_
     config = kit_config(tmp_path, small_body_server.url, "gzip = no")
     source = telegram_file(tmp_path / "t", "c7", sent[:7] + [huge] + sent[8:])
     done = sensorkit("publish", "-c", str(config), str(source))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # one point refused: not everything delivered
     assert sorted(r["time"] for r in rows(small_body_server, "data", "T_c7")) == [
         r["time"] for r in sent if r is not sent[7]
     ]
@@ -436,28 +436,48 @@ def test_5xx_and_429_are_retried_with_backoff_then_delivered(influx, tmp_path):
     assert "accepts points again" in done.stderr
 
 
+class CountingSink(InfluxV1Sink):
+    """The real v1 sink that tells a test about each write (its twins share the count)."""
+
+    writes: list[bytes]
+    on_write = None
+
+    def write(self, db: str, body: bytes):
+        self.writes.append(body)
+        if self.on_write:
+            self.on_write(len(self.writes))
+        return super().write(db, body)
+
+    def twin(self):
+        other = type(self)(self.client.twin(), self.may_create)
+        other.writes, other.on_write = self.writes, self.on_write
+        return other
+
+
 def test_a_5xx_during_bisection_keeps_the_rest_queued_for_a_retry(influx, tmp_path):
     admin(influx, 'CREATE DATABASE "T_c9"')
     # The first write gets a real 400 (one bad line); the next attempt meets a 503.
     proxy = FlakyProxy([], upstream=influx.url).start()
-    out = output(tmp_path, proxy.url, backoff=Backoff(base=0.2, cap=0.4, slow=0.5))
+    out = output(
+        tmp_path,
+        proxy.url,
+        create=False,
+        backoff=Backoff(base=0.2, cap=0.4, slow=0.5),
+        sink_type=CountingSink,
+    )
     lines = [f"data,label=bench dtemp={i}.0 {T0 + i}" for i in range(8)]
     lines[5] = f"data,label=bench dtemp=5.0 dtemp {T0 + 5}"  # unparsable
     out.queue.append([("T_c9", ln) for ln in lines])
-    out.state.checked_databases.add("T_c9")
-    original = out.client.write
-    calls = []
+    out.sink.writes = []
 
-    def write(db, body, retention_policy=""):
-        calls.append(body)
-        if len(calls) == 3:  # the second half, after the first was delivered
+    def on_write(count: int) -> None:
+        if count == 3:  # the second half, after the first was delivered
             proxy.failures.append(503)
-        return original(db, body, retention_policy)
 
-    out.client.write = write  # type: ignore[method-assign]
+    out.sink.on_write = on_write
     out.start()
     try:
-        assert wait_for(lambda: out.queue.depth == 0, 10), out.state.last_error
+        assert wait_for(lambda: out.queue.depth == 0, 10), out.stats().last_error
     finally:
         out.close()
         proxy.stop()
@@ -465,7 +485,7 @@ def test_a_5xx_during_bisection_keeps_the_rest_queued_for_a_retry(influx, tmp_pa
     assert sorted(r["time"] for r in rows(influx, "data", "T_c9")) == [
         T0 + i for i in range(8) if i != 5
     ]
-    assert out.queue.stats()["quarantined"] == 1
+    assert out.queue.stats().quarantined == 1
 
 
 # -- the sender itself -------------------------------------------------------------------------
@@ -526,7 +546,7 @@ def test_a_clock_stepped_back_does_not_stall_the_retry(influx, tmp_path, monkeyp
     out.start()
     try:
         out.send(ident("c13"))
-        assert wait_for(lambda: out.state.failures == 1, 5)
+        assert wait_for(lambda: out.failing(), 5)
         real = time.time
         monkeypatch.setattr(time, "time", lambda: real() - 3600)  # NTP steps the clock back
         assert wait_for(lambda: out.queue.depth == 0, 5), "the retry waits for the old clock"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import buffer
+from agent import buffer, segments
 from agent.buffer import (
     DurableQueue,
     QueueBusy,
@@ -44,19 +45,23 @@ def drain(queue: DurableQueue) -> list[tuple[str, str]]:
     return out
 
 
-def segments(directory: Path, name: str = "q") -> list[Path]:
+def segment_files(directory: Path, name: str = "q") -> list[Path]:
     return sorted((directory / f"{name}.log").glob("*.seg"))
 
 
 def on_disk(directory: Path, name: str = "q") -> list[str]:
-    """The lines of every whole record in the segment files, in order."""
-    return [
-        e.line for path in segments(directory, name) for _, e in buffer._records(path.read_bytes())
-    ]
+    """The lines of every whole frame in the segment files, in order."""
+    out = []
+    for path in segment_files(directory, name):
+        data = path.read_bytes()
+        for item in segments.walk(data):
+            if isinstance(item, segments.Frame):
+                out += data[item.body : item.stop].decode().splitlines()
+    return out
 
 
 def record_size(i: int) -> int:
-    return len(buffer._pack(0, "a", line(i), 0.0))
+    return len(segments.pack_frame(0, b"a", [line(i).encode()], 0, 0))
 
 
 def integrity(directory: Path, name: str) -> str:
@@ -181,9 +186,9 @@ def test_quarantined_points_do_not_come_back_after_a_crash(tmp_path):
 
 def test_replay_stops_at_a_torn_tail_and_keeps_what_came_before(tmp_path, caplog):
     crash_after(tmp_path, 'q.append([("a", line(i)) for i in range(3)])')
-    journal = segments(tmp_path)[-1]
+    journal = segment_files(tmp_path)[-1]
     whole = journal.read_bytes()
-    record = buffer._pack(99, "a", line(99), 1.0)
+    record = segments.pack_frame(99, b"a", [line(99).encode()], 1, 0)
     journal.write_bytes(whole + record[: len(record) // 2])  # a power cut mid-write
     with caplog.at_level(logging.WARNING, logger="sensorkit.buffer"):
         q = DurableQueue(tmp_path, "q")
@@ -195,7 +200,7 @@ def test_replay_stops_at_a_torn_tail_and_keeps_what_came_before(tmp_path, caplog
 
 def test_record_with_a_bad_checksum_is_not_replayed(tmp_path):
     crash_after(tmp_path, 'q.append([("a", line(i)) for i in range(3)])')
-    journal = segments(tmp_path)[-1]
+    journal = segment_files(tmp_path)[-1]
     blob = bytearray(journal.read_bytes())
     blob[-3] ^= 0xFF  # flip bits in the last record's text
     journal.write_bytes(bytes(blob))
@@ -272,7 +277,7 @@ def test_points_delivered_before_the_flush_never_reach_the_card(tmp_path):
     q.remove(q.peek(10, 1 << 20))
     q.sync()
     assert q.fsyncs == 0
-    assert [p.stat().st_size for p in segments(tmp_path)] == [0]  # truncated, never flushed
+    assert [p.stat().st_size for p in segment_files(tmp_path)] == [0]  # truncated, never flushed
     q.close()
 
 
@@ -283,10 +288,10 @@ def test_drained_segments_are_deleted_and_the_log_stays_bounded(tmp_path):
         q.append([("a", f'data,label=k s="{big}" {1_700_000_000 + i * 10 + j}') for j in range(10)])
         q.sync()
     assert q.depth == 4000
-    assert len(segments(tmp_path)) >= 8  # rotated at about a megabyte each
+    assert len(segment_files(tmp_path)) >= 8  # rotated at about a megabyte each
     assert len(drain(q)) == 4000
     q.sync()
-    assert [p.stat().st_size for p in segments(tmp_path)] == [0]
+    assert [p.stat().st_size for p in segment_files(tmp_path)] == [0]
     q.close()
     assert integrity(tmp_path, "q") == "ok"
 
@@ -303,15 +308,15 @@ def test_cap_drops_the_oldest_counts_them_and_logs_once_per_episode(tmp_path, ca
             q.append([("a", line(i))])
             if sync_each:
                 q.sync()
-            assert q.total_bytes <= q.max_bytes
+            assert q.stats().queued_bytes <= q.max_bytes
     full = [r for r in caplog.records if "is full" in r.getMessage()]
     assert len(full) == 1
     kept = [ln for _, ln in drain(q)]
     assert 10 <= len(kept) <= 20
     assert kept == [line(i) for i in range(100 - len(kept), 100)]  # the newest, in order
     stats = q.stats()
-    assert stats["dropped"] == 100 - len(kept)
-    assert stats["queued"] == 0
+    assert stats.dropped == 100 - len(kept)
+    assert stats.queued == 0
     # Drained below half the cap: the episode is over, and a new one is logged again.
     assert any("below half" in r.getMessage() for r in caplog.records)
     caplog.clear()
@@ -319,9 +324,9 @@ def test_cap_drops_the_oldest_counts_them_and_logs_once_per_episode(tmp_path, ca
         for i in range(100, 150):
             q.append([("a", line(i))])
     assert len([r for r in caplog.records if "is full" in r.getMessage()]) == 1
-    dropped = q.stats()["dropped"]
+    dropped = q.stats().dropped
     q.close()
-    assert read_stats(tmp_path, "q")["dropped"] == dropped  # persisted for an offline status
+    assert read_stats(tmp_path, "q").dropped == dropped  # persisted for an offline status
 
 
 def test_points_dropped_by_the_cap_do_not_come_back_after_a_crash(tmp_path):
@@ -361,7 +366,7 @@ def test_quarantine_is_listed_with_its_reason_and_can_be_released(tmp_path):
         [e for e in pending if e.line == line(4)], "400: partial write: field type conflict"
     )
     assert q.depth == 2
-    assert q.stats()["quarantined"] == 2
+    assert q.stats().quarantined == 2
     held = read_quarantine(tmp_path, "q")  # read-only, while the queue is open
     assert [(p.db, p.line) for p in held] == [("a", line(1)), ("a", line(4))]
     assert all(p.reason == "400: partial write: field type conflict" for p in held)
@@ -369,9 +374,9 @@ def test_quarantine_is_listed_with_its_reason_and_can_be_released(tmp_path):
     assert [ln for _, ln in drain(q)] == [line(3), line(5)]
     release_quarantined(tmp_path, "q", [held[0].id])
     assert [p.line for p in read_quarantine(tmp_path, "q")] == [line(4)]
-    assert q.stats()["quarantined"] == 1
+    assert q.stats().quarantined == 1
     q.close()
-    assert read_stats(tmp_path, "q")["quarantined"] == 1
+    assert read_stats(tmp_path, "q").quarantined == 1
 
 
 # -- locking, status, integrity ----------------------------------------------------------------
@@ -401,15 +406,15 @@ def test_stats_and_read_stats_agree_and_stats_work_after_close(tmp_path):
     q.append([("a", line(4))])
     q.remove(q.peek(1, 1 << 20))
     live = q.stats()
-    assert live["queued"] == 4
-    assert live["oldest_queued"] == 1_000.0
-    assert live["delivered"] == 1 and live["last_delivery"] == 1_005.0
-    assert live["queued_bytes"] == sum(e.size for e in q.peek(10, 1 << 20))
+    assert live.queued == 4
+    assert live.oldest_queued == 1_000.0
+    assert live.delivered == 1 and live.last_delivery == 1_005.0
+    assert live.queued_bytes == sum(e.size for e in q.peek(10, 1 << 20))
     q.close()
     offline = read_stats(tmp_path, "q")
     for key in ("queued", "queued_bytes", "oldest_queued", "delivered", "last_delivery"):
-        assert offline[key] == live[key], key
-    assert q.stats()["queued"] == 4  # the agent writes a last status after closing outputs
+        assert getattr(offline, key) == getattr(live, key), key
+    assert q.stats().queued == 4  # the agent writes a last status after closing outputs
 
 
 def test_integrity_check_passes_after_mixed_work(tmp_path):
@@ -425,7 +430,7 @@ def test_integrity_check_passes_after_mixed_work(tmp_path):
     q.close()
     assert integrity(tmp_path, "q") == "ok"
     stats = read_stats(tmp_path, "q")
-    assert json.dumps(stats)  # plain JSON for `status --json`
+    assert json.dumps(dataclasses.asdict(stats))  # plain JSON for `status --json`
 
 
 def test_peek_after_the_log_was_emptied_and_refilled_reads_the_new_points(tmp_path):
@@ -447,6 +452,6 @@ def test_quarantine_is_capped_at_a_tenth_of_the_queue_and_drops_are_counted(tmp_
     held = read_quarantine(tmp_path, "q")
     assert sum(len(p.line) for p in held) <= q.max_bytes // 10
     assert [p.line for p in held] == [line(i) for i in range(60 - len(held), 60)]  # the newest
-    assert q.stats()["dropped"] == 60 - len(held) > 0
+    assert q.stats().dropped == 60 - len(held) > 0
     assert "quarantine is full" in caplog.text
     q.close()

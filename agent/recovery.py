@@ -1,0 +1,400 @@
+"""What a queue finds on disk when it opens (and what ``status`` reads while it is closed).
+
+Each sealed segment is summarised from two lines (its first frame and its trailer); the last
+segment, the one a crash may have cut short, is read whole: a torn last write is set aside
+and cut off, damage elsewhere is set aside and its points counted once. Damaged bytes go to
+``<name>.corrupt/<segment>-<offset>.bin``; a file there also marks that damage as counted,
+so finding it again after a restart does not count it twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent import segments
+from agent.counters import read_counters
+from agent.intervals import Intervals
+from agent.quarantine import count_quarantined, held_from, legacy_counters
+from agent.segments import Damage, Frame, Trailer
+
+log = logging.getLogger("sensorkit.buffer")
+
+DROP_REASONS = {
+    "cap": "the queue was full (oldest dropped)",
+    "damaged": "damaged on disk (flipped bits or a torn write)",
+    "quarantine_full": "the quarantine was full (oldest refused points dropped)",
+    "unkept": "refused by the server, and the disk would not keep it in quarantine",
+}
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """A queue's part of ``sensorkit status``."""
+
+    queued: int = 0
+    queued_bytes: int = 0
+    oldest_queued: float | None = None
+    quarantined: int = 0
+    dropped: int = 0
+    dropped_by: dict[str, int] = field(default_factory=dict)  # reason -> points
+    delivered: int = 0
+    last_delivery: float | None = None
+
+
+def make_stats(
+    counters: dict, queued: int, size: int, oldest: float | None, quarantined: int
+) -> QueueStats:
+    """The one way queue statistics are put together, live or from disk."""
+    by = {r: int(counters.get(f"dropped_{r}", 0)) for r in DROP_REASONS}  # type: ignore[call-overload]
+    return QueueStats(
+        queued=queued,
+        queued_bytes=size if queued else 0,
+        oldest_queued=oldest if queued else None,
+        quarantined=quarantined,
+        dropped=sum(by.values()),
+        dropped_by={r: n for r, n in by.items() if n},
+        delivered=int(counters.get("delivered", 0)),  # type: ignore[call-overload]
+        last_delivery=counters.get("last_delivery"),  # type: ignore[arg-type]
+    )
+
+
+@dataclass
+class SegmentInfo:
+    """One segment file and what is known of it without reading it again."""
+
+    number: int
+    path: Path
+    first: int  # first sequence number held (== next when empty)
+    next: int  # one past the last
+    size: int = 0  # bytes of frames and trailer
+    frames_end: int = 0  # where the trailer starts (== size when there is none)
+    oldest: float | None = None  # when its first frame was queued
+    dbs: set[bytes] = field(default_factory=set)
+    chain: int = 0  # the CRC chain after its last frame: the next frame's ``before``
+    sealed: bool = False
+    damaged: bool = False  # damage was found: read it frame by frame
+
+    @property
+    def empty(self) -> bool:
+        return self.size == 0
+
+
+@dataclass
+class Survey:
+    """What is on disk: segments, the head, and the sequence numbers that are not there."""
+
+    segments: list[SegmentInfo]
+    head: int
+    next_seq: int
+    missing: Intervals  # never queued, or lost to damage
+    newly_damaged: int  # points found damaged now, not counted before
+
+
+def survey(directory: Path, name: str, repair: bool) -> Survey:
+    """Read the head and each segment's summary; with ``repair``, mend what a crash left."""
+    folder = directory / f"{name}.log"
+    try:
+        head = int((directory / f"{name}.head").read_text().strip() or 0)
+    except (OSError, ValueError):
+        head = 0
+    paths = sorted(folder.glob("*.seg")) if folder.is_dir() else []
+    found: list[SegmentInfo] = []
+    missing = Intervals()
+    damaged = 0
+    for i, path in enumerate(paths):
+        prior = found[-1].next if found else None
+        scanned = load(directory, name, path, i == len(paths) - 1, prior, repair)
+        if scanned is None:
+            continue
+        segment, lost, fresh = scanned
+        damaged += fresh
+        for a, b in lost.ranges():
+            missing.add(a, b)
+        if found and found[-1].next < segment.first:
+            missing.add(found[-1].next, segment.first)
+        found.append(segment)
+    if found:
+        head = max(head, found[0].first)
+    next_seq = max([head] + [s.next for s in found])
+    settled = [s for s in found[:-1] if s.next <= head]
+    if repair:
+        for segment in settled:
+            segment.path.unlink(missing_ok=True)
+    found = [s for s in found if s not in settled]
+    return Survey(found, head, next_seq, missing, damaged)
+
+
+def load(
+    directory: Path, name: str, path: Path, last: bool, prior: int | None, repair: bool
+) -> tuple[SegmentInfo, Intervals, int] | None:
+    """One segment: its summary, the sequence ranges lost in it, and how many points were
+    newly found damaged (to be counted); None for an empty file that is not the last."""
+    number = int(path.stem)
+    size = path.stat().st_size
+    if size == 0:
+        if not last:
+            if repair:
+                path.unlink(missing_ok=True)
+            return None
+        return SegmentInfo(number, path, prior or 0, prior or 0), Intervals(), 0
+    with open(path, "rb") as handle:
+        start = handle.read(min(size, segments.MAX_HEADER))
+        if not start.startswith(b"#"):
+            data = _legacy(name, path, repair)
+        else:
+            if not last:
+                handle.seek(max(0, size - segments.MAX_HEADER))
+                summary = _summary(path, number, size, start, handle.read())
+                if summary is not None:
+                    return summary, Intervals(), 0
+            handle.seek(0)
+            data = handle.read()
+    segment = SegmentInfo(number, path, prior or 0, prior or 0)
+    lost, fresh = scan(directory, name, segment, data, prior, repair, last)
+    return segment, lost, fresh
+
+
+def _summary(path: Path, number: int, size: int, start: bytes, tail: bytes) -> SegmentInfo | None:
+    """A sealed segment from its first frame line and its trailer; None to read it all."""
+    first = segments.header(start, 0)
+    at = tail.rfind(b"\n#z ")
+    trailer = segments.header(tail, at + 1) if at >= 0 else None
+    if not isinstance(first, Frame) or not isinstance(trailer, Trailer):
+        return None
+    if trailer.stop != len(tail) or trailer.first != first.seq:
+        return None
+    return SegmentInfo(
+        number,
+        path,
+        trailer.first,
+        trailer.next,
+        size=size,
+        frames_end=size - (trailer.stop - trailer.offset),
+        oldest=float(trailer.oldest),
+        dbs=set(trailer.dbs),
+        chain=trailer.before,
+        sealed=True,
+    )
+
+
+def scan(
+    directory: Path,
+    name: str,
+    segment: SegmentInfo,
+    data: bytes,
+    prior: int | None,
+    repair: bool = True,
+    last: bool = False,
+    known_next: int | None = None,
+) -> tuple[Intervals, int]:
+    """Read a whole segment frame by frame and fill in ``segment``.
+
+    Returns the sequence ranges that are not there (damaged points, with the gaps around
+    damage) and how many points were newly found damaged. With ``repair``, damage is set
+    aside; a torn end of the last segment is cut off (its points were never made durable).
+    """
+    lost = Intervals()
+    expected = prior
+    first: Frame | None = None
+    final: Frame | None = None
+    trailer: Trailer | None = None
+    damage: list[tuple[Damage, int]] = []  # each stretch, and the points it cost
+    bad_lines: list[tuple[Frame, int]] = []
+    pending: Damage | None = None
+
+    def gap(until: int) -> None:
+        """Points between the last good frame and ``until``: lost in the pending damage."""
+        if pending is not None and expected is not None and until > expected:
+            lost.add(expected, until)
+            damage.append((pending, until - expected))
+        elif pending is not None:  # nothing to measure the gap by: at least one point
+            damage.append((pending, 1 if expected is None else 0))
+
+    for item in segments.walk(data):
+        if isinstance(item, Damage):
+            if pending is not None:
+                damage.append((item, 0))  # the same gap: counted with the first stretch
+            else:
+                pending = item
+            continue
+        if isinstance(item, Trailer):
+            trailer = item
+            gap(item.next)
+            pending = None
+            break
+        gap(item.seq)
+        pending = None
+        first = first or item
+        final = item
+        segment.dbs.add(item.db)
+        for index in item.bad:
+            lost.add(item.seq + index, item.seq + index + 1)
+            bad_lines.append((item, index))
+        expected = item.seq + item.count
+    torn: Damage | None = None
+    torn_points = 0
+    if pending is not None:  # damage at the end: a torn last write, or corruption
+        if last and known_next is None:
+            torn = pending
+            guess = segments.header(data, torn.offset)
+            torn_points = guess.count if isinstance(guess, Frame) and guess.seq == expected else 1
+        else:
+            start = expected if expected is not None else segment.first
+            gap(max(known_next or 0, start + 1))
+    segment.first = first.seq if first else (expected if expected is not None else segment.first)
+    if trailer is not None:
+        segment.next = trailer.next
+    else:
+        segment.next = max(expected if expected is not None else segment.first, known_next or 0)
+    segment.oldest = float(first.queued) if first else None
+    segment.frames_end = trailer.offset if trailer else (torn.offset if torn else len(data))
+    segment.size = torn.offset if torn else len(data)
+    segment.sealed = trailer is not None
+    segment.chain = (
+        trailer.before
+        if trailer
+        else zlib.crc32(memoryview(data)[final.offset : final.stop], final.before)
+        if final
+        else 0
+    )
+    segment.damaged = bool(damage or bad_lines)
+    fresh = 0
+    if not repair:
+        return lost, fresh
+    for item, points in damage:
+        if set_aside(directory, name, segment, item.offset, data[item.offset : item.stop]):
+            fresh += points
+            log.error(
+                "queue %s: %s has %d damaged bytes at offset %d, set aside in %s.corrupt/; "
+                "the points in them are counted as dropped",
+                name,
+                segment.path.name,
+                item.stop - item.offset,
+                item.offset,
+                name,
+            )
+    for frame, index in bad_lines:
+        start = frame.body + sum(
+            len(line) + 1 for line in bytes(data[frame.body : frame.stop]).split(b"\n")[:index]
+        )
+        stop = data.find(b"\n", start) + 1
+        if set_aside(directory, name, segment, start, data[start:stop]):
+            fresh += 1
+            log.error(
+                "queue %s: %s: point %d is damaged, set aside in %s.corrupt/ and counted "
+                "as dropped",
+                name,
+                segment.path.name,
+                frame.seq + index,
+                name,
+            )
+    if torn is not None:
+        set_aside(directory, name, segment, torn.offset, data[torn.offset :])
+        log.warning(
+            "queue %s: %s ends in a torn record (power cut?); %d bytes set aside, %d points "
+            "lost (counted)",
+            name,
+            segment.path.name,
+            len(data) - torn.offset,
+            torn_points,
+        )
+        os.truncate(segment.path, torn.offset)
+        fresh += torn_points
+    return lost, fresh
+
+
+def set_aside(directory: Path, name: str, segment: SegmentInfo, offset: int, blob: bytes) -> bool:
+    """Keep damaged bytes for inspection; True when they were not set aside (and counted)
+    before."""
+    folder = directory / f"{name}.corrupt"
+    target = folder / f"{segment.number:016d}-{offset}.bin"
+    if target.exists():
+        return False
+    try:
+        folder.mkdir(exist_ok=True)
+        target.write_bytes(blob)
+    except OSError as err:
+        log.error("queue %s: cannot keep damaged bytes aside in %s: %s", name, folder, err)
+    return True
+
+
+_LEGACY = struct.Struct(">IQdHI")  # crc32 of the rest, seq, queued time, len(db), len(line)
+
+
+def _legacy(name: str, path: Path, repair: bool) -> bytes:
+    """A segment written by sensorkit 0.1 (a record per point), as frames; rewritten in place
+    with ``repair``. A torn last record is left out, as 0.1 would have done."""
+    blob = path.read_bytes()
+    frames, chain, offset = [], 0, 0
+    while offset + _LEGACY.size <= len(blob):
+        crc, seq, queued, db_len, line_len = _LEGACY.unpack_from(blob, offset)
+        stop = offset + _LEGACY.size + db_len + line_len
+        if stop > len(blob) or zlib.crc32(blob[offset + 4 : stop]) != crc:
+            break
+        start = offset + _LEGACY.size
+        db, line = blob[start : start + db_len], blob[start + db_len : stop]
+        frame = segments.pack_frame(seq, db, [line], int(queued), chain)
+        chain = zlib.crc32(frame, chain)
+        frames.append(frame)
+        offset = stop
+    data = b"".join(frames)
+    if repair:
+        tmp = path.with_suffix(".new")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        log.info(
+            "queue %s: %s converted to the framed format (%d points)", name, path.name, len(frames)
+        )
+    return data
+
+
+def head_frame(found: list[SegmentInfo], head: int) -> tuple[int, int, float | None, int]:
+    """(segment number, offset, time queued, bytes before ``head`` in it) of the frame
+    holding ``head``: where reading starts."""
+    for segment in found:
+        if segment.next <= head or segment.empty:
+            continue
+        with open(segment.path, "rb") as handle:
+            data = handle.read(segment.frames_end)
+        for item in segments.walk(data):
+            if isinstance(item, Frame) and item.seq + item.count > head:
+                skip = 0
+                if item.seq < head:
+                    lines = data[item.body : item.stop].split(b"\n")[: head - item.seq]
+                    skip = item.body - item.offset + sum(len(line) + 1 for line in lines)
+                return segment.number, item.offset, float(item.queued), skip
+        return segment.number, len(data), None, 0
+    return (found[-1].number, found[-1].size, None, 0) if found else (0, 0, None, 0)
+
+
+def read_stats(directory: str | os.PathLike[str], name: str) -> QueueStats | None:
+    """A queue's stats read without opening it for writing (for ``status``); None if absent.
+
+    Reads what start-up reads: two lines of each sealed segment, and the last segment.
+    """
+    directory = Path(directory)
+    if not (directory / f"{name}.log").is_dir() and not (directory / f"{name}.stats").exists():
+        return None
+    found = survey(directory, name, repair=False)
+    sqlite_path = directory / f"{name}.sqlite3"
+    counters = read_counters(directory / f"{name}.stats") or legacy_stats(sqlite_path)
+    lost = sum(max(0, b - max(a, found.head)) for a, b in found.missing.ranges())
+    count = found.next_seq - found.head - lost - held_from(sqlite_path, found.head)
+    size, oldest = 0, None
+    if count > 0:
+        number, offset, oldest, skip = head_frame(found.segments, found.head)
+        ahead = [s for s in found.segments if s.number >= number]
+        size = sum(s.size for s in ahead) - offset - skip
+    return make_stats(counters, max(0, count), size, oldest, count_quarantined(sqlite_path))
+
+
+def legacy_stats(sqlite_path: Path) -> dict[str, object]:
+    """Counters sensorkit 0.1 kept in the quarantine's SQLite file, under today's names."""
+    return {
+        ("dropped_cap" if k == "dropped" else k): v for k, v in legacy_counters(sqlite_path).items()
+    }
