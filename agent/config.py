@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import drivers
 from agent.errors import UsageError
 from agent.lineprotocol import check_key, check_tag_value, check_text
+from drivers.driver import Driver
 
 log = logging.getLogger("sensorkit.config")
 
 SYSTEM_CONFIG = Path("/etc/sensorkit/agent.ini")
-BACKENDS = ("hardware", "simulated")
 _INLINE_COMMENT = re.compile(r"\s+[#;].*$")
 _TEXT_ALLOWED = "text on one line"
 _TAG_ALLOWED = "text on one line, with no backslash at its end or just before a space, comma or '='"
@@ -52,7 +53,10 @@ class KitSettings:
 
 @dataclass(frozen=True)
 class SensorSettings:
-    """What every sensor section has, plus the driver's own keyword options."""
+    """What every sensor section has, plus the options its driver's own parser read.
+
+    ``config_file`` is the file they came from, for the driver's messages.
+    """
 
     name: str
     enabled: bool
@@ -60,6 +64,7 @@ class SensorSettings:
     fields: tuple[str, ...]
     calibration: dict[str, tuple[float, ...]] = field(default_factory=dict)
     options: dict[str, object] = field(default_factory=dict)
+    config_file: str = "agent.ini"
 
 
 @dataclass(frozen=True)
@@ -121,11 +126,17 @@ def find_config(explicit: str | None) -> Path:
 
 
 class _Section:
-    """Typed access to one INI section; remembers which keys were read, to flag typos."""
+    """Typed access to one INI section; remembers which keys were read, to flag typos.
 
-    def __init__(self, path: Path, parser: configparser.ConfigParser, name: str) -> None:
+    It is the :class:`drivers.driver.SectionReader` a driver's option parser gets.
+    """
+
+    def __init__(
+        self, path: Path, parser: configparser.ConfigParser, name: str, sensor: bool = False
+    ) -> None:
         self.path = path
         self.name = name
+        self.sensor = sensor
         self.values = dict(parser[name]) if parser.has_section(name) else {}
         self.read: set[str] = set()
 
@@ -175,6 +186,11 @@ class _Section:
         if (low is not None and number < low) or (high is not None and number > high):  # type: ignore[operator]
             raise self.fail(key, f"{value!r} is out of range; allowed: {allowed}")
         return number
+
+    def relative_path(self, key: str) -> Path | None:
+        """A path relative to the config file's folder; None when unset."""
+        text = self.text(key)
+        return self.path.resolve().parent / text if text else None
 
     def flag(self, key: str, default: bool) -> bool:
         value = self.typed(key)
@@ -244,7 +260,7 @@ class _Section:
         unknown = sorted(set(self.values) - self.read)
         if unknown:
             known = ", ".join(sorted(k for k in self.read if not k.startswith("calibration.")))
-            if self.name in ("dylos", "dht22", "bme280"):
+            if self.sensor:
                 known += ", calibration.<field>"
             raise self.fail(unknown[0], f"unknown key; allowed: {known or 'none'}")
 
@@ -257,12 +273,6 @@ def _range_text(low: float | None, high: float | None, unit: str, kind: Callable
     if low is not None:
         return f"{what} {low:g} or more{suffix}"
     return what
-
-
-def _address(text: str) -> int:
-    if text.lower() == "auto":
-        return 0
-    return int(text, 0)
 
 
 def cpu_serial(
@@ -326,76 +336,18 @@ def _kit(section: _Section, base: Path) -> KitSettings:
     )
 
 
-def _sensor(
-    section: _Section, fields: tuple[str, ...], options: dict[str, object]
-) -> SensorSettings:
-    names = section.names("fields", fields)
+def _sensor(section: _Section, driver: Driver) -> SensorSettings:
+    """A sensor section: the driver's own keys, then what every sensor section has."""
+    options = driver.parse_options(section)
+    names = section.names("fields", driver.field_names)
     return SensorSettings(
-        name=section.name,
+        name=driver.section,
         enabled=section.flag("enabled", False),
-        backend=section.choice("backend", "hardware", BACKENDS),
+        backend=section.choice("backend", "hardware", driver.backends),
         fields=names,
         calibration=section.calibrations(names),
         options=options,
-    )
-
-
-def _dylos(s: _Section, base: Path) -> SensorSettings:
-    replay = s.text("replay")
-    if replay:
-        replay = str(base / replay)
-        if not Path(replay).is_file():
-            raise s.fail(
-                "replay",
-                f"{replay} is not a file; allowed: a file of Dylos lines 'small,large' "
-                "(relative to this config), or nothing for the shipped capture",
-            )
-    return _sensor(
-        s,
-        ("pm_25", "pm_10"),
-        {
-            "port": s.text("port", "/dev/ttyUSB0"),
-            "replay": replay or None,
-            "speedup": s.number("speedup", 60.0, float, 0.001, None),
-            "mass": s.flag("mass", False),
-        },
-    )
-
-
-def _dht22(s: _Section) -> SensorSettings:
-    return _sensor(
-        s,
-        ("dtemp", "drh"),
-        {
-            "pin": s.number("pin", 4, int, 0, 27, "(BCM GPIO number)"),
-            "poll_interval": s.number("interval", 5.0, float, 2.0, None, "seconds"),
-            "checksum_error_rate": s.number("sim_checksum_error_rate", 0.0, float, 0, 1),
-            "short_train_rate": s.number("sim_short_train_rate", 0.0, float, 0, 1),
-            "absent": s.flag("sim_absent", False),
-        },
-    )
-
-
-def _bme280(s: _Section) -> SensorSettings:
-    address_text = s.typed("address") or "auto"
-    try:
-        address = _address(address_text)
-    except ValueError:
-        address = -1
-    if address not in (0, 0x76, 0x77):
-        raise s.fail("address", f"{address_text!r} is not allowed; allowed: 0x76, 0x77, auto")
-    oversampling = s.number("oversampling", 1, int, 1, 16)
-    if oversampling not in (1, 2, 4, 8, 16):
-        raise s.fail("oversampling", f"{oversampling} is not allowed; allowed: 1, 2, 4, 8, 16")
-    return _sensor(
-        s,
-        ("temp", "rh", "hpa"),
-        {
-            "bus": s.number("bus", 1, int, 0, 99),
-            "address": address or None,
-            "oversampling": oversampling,
-            "poll_interval": s.number("interval", 10.0, float, 1.0, None, "seconds"),
-        },
+        config_file=str(section.path),
     )
 
 
@@ -513,20 +465,18 @@ def load(path: Path) -> Settings:
         ) from None
     except (configparser.Error, UnicodeDecodeError, OSError) as err:
         raise ConfigError(f"{path}: cannot read it: {err}") from None
-    known = {"kit", "dylos", "dht22", "bme280", "simulated", "influx", "console", "subscriber"}
+    sensor_drivers = drivers.registered()
+    sensor_sections = {d.section for d in sensor_drivers}
+    known = {"kit", "simulated", "influx", "console", "subscriber"} | sensor_sections
     for name in parser.sections():
         if name not in known:
             raise ConfigError(
                 f"{path} [{name}]: unknown section; allowed: {', '.join(sorted(known))}"
             )
-    sections = {name: _Section(path, parser, name) for name in known}
+    sections = {name: _Section(path, parser, name, name in sensor_sections) for name in known}
     base = path.resolve().parent
     kit = _kit(sections["kit"], base)
-    sensors = (
-        _dylos(sections["dylos"], base),
-        _dht22(sections["dht22"]),
-        _bme280(sections["bme280"]),
-    )
+    sensors = tuple(_sensor(sections[d.section], d) for d in sensor_drivers)
     _check_field_names_unique(path, sensors)
     sim = sections["simulated"]
     weather = WeatherSettings(

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,7 +37,12 @@ SNAPSHOT_EVERY = 5.0
 
 @dataclass
 class SensorHealth:
-    """A sensor's recent record, for ``status`` and for log-once messages."""
+    """A sensor's recent record, for ``status`` and for log-once messages.
+
+    ``implausible`` counts its readings dropped as outside what it can measure, by the driver
+    or the aggregator; ``not_finite`` those its calibration turned into inf or NaN;
+    ``garbage_lines`` device output that was no measurement.
+    """
 
     state: str = "starting"  # starting | ok | failing | disconnected
     readings: int = 0
@@ -45,6 +50,8 @@ class SensorHealth:
     last_error: str | None = None
     failures: int = 0
     implausible: int = 0
+    not_finite: int = 0
+    garbage_lines: int = 0
 
     def succeeded(self, name: str, count: int) -> None:
         if self.state in ("failing", "disconnected"):
@@ -75,15 +82,28 @@ class SensorLoop(threading.Thread):
         self.sensor: Sensor | None = None
 
     def open(self) -> bool:
+        name = self.settings.name
         try:
-            self.sensor = open_sensor(self.settings, self.config.weather)
+            self.sensor = open_sensor(
+                self.settings, self.config.weather, transport=self.agent.transports.get(name)
+            )
         except (SensorError, OSError, ValueError, RuntimeError) as err:
-            self.health.failed(self.settings.name, str(err))
+            self.health.failed(name, str(err))
             return False
+        where = f"{self.config.path} [{name}]"
         self.agent.aggregator.register(
-            SensorFields(self.settings.name, self.sensor.fields, self.settings.calibration)
+            SensorFields(name, self.sensor.fields, self.settings.calibration, where)
         )
-        log.info("%s: opened (%s backend)", self.settings.name, self.settings.backend)
+        if getattr(self.sensor, "connected", True) is False:  # e.g. a serial port not there yet
+            self.health.state = "disconnected"
+            self.health.last_error = getattr(self.sensor, "last_error", None)
+            log.info(
+                "%s: waiting for the device (%s backend); readings start when it answers",
+                name,
+                self.settings.backend,
+            )
+        else:
+            log.info("%s: opened (%s backend)", name, self.settings.backend)
         return True
 
     def run(self) -> None:
@@ -113,7 +133,10 @@ class SensorLoop(threading.Thread):
             log.exception("%s: unexpected error while reading", self.settings.name)
             self.health.failed(self.settings.name, f"unexpected {type(err).__name__}: {err}")
             return
-        self.health.implausible = getattr(sensor, "implausible", 0)
+        implausible, not_finite = self.agent.aggregator.dropped(f.name for f in sensor.fields)
+        self.health.implausible = getattr(sensor, "implausible", 0) + implausible
+        self.health.not_finite = not_finite
+        self.health.garbage_lines = getattr(sensor, "garbage_lines", 0)
         if readings:
             self.agent.accept(readings)
             self.health.succeeded(self.settings.name, len(readings))
@@ -130,11 +153,21 @@ class SensorLoop(threading.Thread):
 
 
 class Agent:
-    """Wires enabled sensors -> aggregator -> outputs and runs the window clock."""
+    """Wires enabled sensors -> aggregator -> outputs and runs the window clock.
 
-    def __init__(self, settings: Settings, outputs: list[Output]) -> None:
+    ``transports`` maps a sensor's name to a transport (a simulated port, bus or device) its
+    driver uses instead of opening its own.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        outputs: list[Output],
+        transports: Mapping[str, object] | None = None,
+    ) -> None:
         self.settings = settings
         self.outputs = outputs
+        self.transports = dict(transports or {})
         enabled = [s for s in settings.sensors if s.enabled]
         self.aggregator = Aggregator(order=[s.name for s in enabled])
         self.stop = threading.Event()
@@ -252,6 +285,8 @@ class Agent:
             "outputs": {o.name: o.status() for o in self.outputs},
             "sensors": sensors,
             "implausible": dict(self.aggregator.implausible),
+            "not_finite": dict(self.aggregator.not_finite),
+            "unsent_means": dict(self.aggregator.unsent_means),
         }
 
     def write_snapshot(self) -> None:

@@ -1,8 +1,10 @@
-"""The one switch from ``agent.ini`` to drivers: each enabled sensor opened on its backend."""
+"""The one switch from ``agent.ini`` to drivers: each sensor opened by its driver's description."""
 
 from __future__ import annotations
 
+import drivers
 from agent.config import SensorSettings, WeatherSettings
+from drivers.driver import Setup
 from drivers.reading import Sensor
 from drivers.sim.weather import Weather
 
@@ -18,33 +20,25 @@ def weather_model(settings: WeatherSettings) -> Weather:
     )
 
 
-def open_sensor(settings: SensorSettings, weather: WeatherSettings) -> Sensor:
-    """Open one sensor; drivers import their hardware libraries only for ``hardware``."""
-    options = dict(settings.options)
-    if settings.name == "dylos":
-        from drivers.dylos import open_dylos
+def setup_of(
+    settings: SensorSettings, weather: WeatherSettings, transport: object | None = None
+) -> Setup:
+    """What the sensor's driver needs to open or probe it, from its settings."""
+    return Setup(
+        backend=settings.backend,
+        fields=settings.fields,
+        options=settings.options,
+        weather=weather_model(weather),
+        config_file=settings.config_file,
+        transport=transport,
+    )
 
-        return open_dylos(settings.backend, field_names=settings.fields, **options)
-    if settings.name == "dht22":
-        from drivers.dht22 import open_dht22
 
-        return open_dht22(
-            settings.backend,
-            field_names=settings.fields,
-            weather=weather_model(weather),
-            seed=weather.seed,
-            **options,
-        )
-    if settings.name == "bme280":
-        from drivers.bme280 import open_bme280
+def open_sensor(
+    settings: SensorSettings, weather: WeatherSettings, *, transport: object | None = None
+) -> Sensor:
+    """Open one sensor; drivers import their hardware libraries only for ``hardware``.
 
-        interval = options.pop("poll_interval")
-        sensor = open_bme280(
-            settings.backend,
-            field_names=settings.fields,
-            weather=weather_model(weather),
-            **options,
-        )
-        sensor.poll_interval = interval
-        return sensor
-    raise ValueError(f"no driver for [{settings.name}]")
+    ``transport`` (a simulated port, bus or device) replaces what the backend would open.
+    """
+    return drivers.find(settings.name).open(setup_of(settings, weather, transport))

@@ -7,11 +7,13 @@ on :class:`drivers.sim.bme280.SimulatedI2CBus`, so its real decoding code runs o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
 
-from drivers.reading import Field, Reading, SensorError
+from drivers.driver import Driver, Probe, SectionReader, Setup
+from drivers.reading import Field, OptionError, Reading, SensorError
 from drivers.sim.weather import Weather
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,12 @@ BME280_ID = 0x60
 BMP280_IDS = (0x56, 0x57, 0x58)  # samples, samples, mass production
 CHIP_ID_REGISTER = 0xD0
 ATTEMPTS = 3  # tries of one read before a transient I/O error becomes a SensorError
+FIELDS = (
+    Field("temp", "C", "BME280", -40.0, 85.0),
+    Field("rh", "%", "BME280", 0.0, 100.0),
+    Field("hpa", "hPa", "BME280", 300.0, 1100.0),
+)
+"""Temperature, humidity and station pressure: default names and datasheet operating ranges."""
 ENABLE_I2C = (
     "check wiring, enable I2C with `sudo raspi-config nonint do_i2c 0`, "
     "and list devices with `i2cdetect -y {bus}` or `sensorkit probe`"
@@ -117,12 +125,9 @@ class BME280:
     ) -> None:
         _check_oversampling(oversampling)
         if len(field_names) != 3 or len(set(field_names)) != 3 or not all(field_names):
-            raise ValueError(f"BME280 field_names must be 3 distinct names, not {field_names!r}")
-        t, rh, hpa = field_names
-        self.fields = (
-            Field(t, "C", "BME280", -40.0, 85.0),
-            Field(rh, "%", "BME280", 0.0, 100.0),
-            Field(hpa, "hPa", "BME280", 300.0, 1100.0),
+            raise OptionError(f"BME280 field_names must be 3 distinct names, not {field_names!r}")
+        self.fields = tuple(
+            dataclasses.replace(f, name=n) for f, n in zip(FIELDS, field_names, strict=True)
         )
         self.poll_interval = poll_interval
         self.bus = bus
@@ -213,7 +218,7 @@ class BME280:
 def _check_oversampling(oversampling: int) -> None:
     if oversampling not in OVERSAMPLING:
         allowed = ", ".join(str(n) for n in OVERSAMPLING)
-        raise ValueError(f"BME280 oversampling must be one of {allowed}, not {oversampling!r}")
+        raise OptionError(f"BME280 oversampling must be one of {allowed}, not {oversampling!r}")
 
 
 def hardware_bus(bus: int) -> Any:
@@ -250,27 +255,24 @@ def open_bme280(
     address: int | None = None,
     oversampling: int = 1,
     field_names: tuple[str, str, str] = ("temp", "rh", "hpa"),
+    poll_interval: float = 10.0,
     weather: Weather | None = None,
     i2c: Any = None,
 ) -> BME280:
     """Open a BME280 on real I2C (``"hardware"``) or on a simulated bus (``"simulated"``).
 
-    ``address=None`` tries 0x76 then 0x77. ``i2c`` supplies an already open bus (tests);
-    otherwise the backend opens one and the driver closes it.
+    ``address=None`` tries 0x76 then 0x77. ``i2c`` supplies an already open bus (a simulated
+    one in tests), which stays the caller's; otherwise the backend opens one and the driver
+    closes it.
     """
     if backend not in ("hardware", "simulated"):
-        raise ValueError(f"BME280 backend must be 'hardware' or 'simulated', not {backend!r}")
+        raise OptionError(f"BME280 backend must be 'hardware' or 'simulated', not {backend!r}")
     _check_oversampling(oversampling)
     if address is not None and address not in range(0x80):
-        raise ValueError(f"BME280 address must be a 7-bit I2C address, not {address!r}")
+        raise OptionError(f"BME280 address must be a 7-bit I2C address, not {address!r}")
     owns_bus = i2c is None
-    if i2c is None and backend == "hardware":
-        i2c = hardware_bus(bus)
-    elif i2c is None:
-        from drivers.sim.bme280 import SimulatedBME280Chip, SimulatedI2CBus
-
-        i2c = SimulatedI2CBus()
-        i2c.attach(ADDRESSES[0] if address is None else address, SimulatedBME280Chip(weather))
+    if owns_bus:
+        i2c = _open_bus(backend, bus, address, weather)
     try:
         return BME280(
             i2c,
@@ -278,9 +280,90 @@ def open_bme280(
             address=address,
             oversampling=oversampling,
             field_names=field_names,
+            poll_interval=poll_interval,
             owns_bus=owns_bus,
         )
     except BaseException:
         if owns_bus:
             i2c.deinit()
         raise
+
+
+def _open_bus(backend: str, bus: int, address: int | None, weather: Weather | None) -> Any:
+    """The backend's I2C bus: Blinka's, or a simulated one carrying a simulated BME280."""
+    if backend == "hardware":
+        return hardware_bus(bus)
+    from drivers.sim.bme280 import SimulatedBME280Chip, SimulatedI2CBus
+
+    i2c = SimulatedI2CBus()
+    i2c.attach(ADDRESSES[0] if address is None else address, SimulatedBME280Chip(weather))
+    return i2c
+
+
+def _parse_options(s: SectionReader) -> dict[str, object]:
+    """The [bme280] keys of its own: bus, address, oversampling, interval."""
+    address_text = s.typed("address") or "auto"
+    try:
+        address = 0 if address_text.lower() == "auto" else int(address_text, 0)
+    except ValueError:
+        address = -1
+    if address not in (0, *ADDRESSES):
+        raise s.fail("address", f"{address_text!r} is not allowed; allowed: 0x76, 0x77, auto")
+    oversampling = s.number("oversampling", 1, int, 1, 16)
+    if oversampling not in OVERSAMPLING:
+        allowed = ", ".join(str(n) for n in OVERSAMPLING)
+        raise s.fail("oversampling", f"{oversampling} is not allowed; allowed: {allowed}")
+    return {
+        "bus": s.number("bus", 1, int, 0, 99),
+        "address": address or None,
+        "oversampling": oversampling,
+        "poll_interval": s.number("interval", 10.0, float, 1.0, None, "seconds"),
+    }
+
+
+def _open(setup: Setup) -> BME280:
+    """Open the BME280 the settings describe."""
+    return open_bme280(
+        setup.backend,
+        field_names=setup.fields,  # type: ignore[arg-type]
+        weather=setup.weather,
+        i2c=setup.transport,
+        **setup.options,  # type: ignore[arg-type]
+    )
+
+
+def _probe(setup: Setup, patience: float) -> Probe:
+    """Read the chip id at 0x76 and 0x77; suggest the first address that holds a BME280."""
+    bus_number = int(setup.options.get("bus", 1))  # type: ignore[call-overload]
+    address = setup.options.get("address")
+    simulated = setup.backend == "simulated" and setup.transport is None
+    title = f"{'simulated ' if simulated else ''}I2C bus {bus_number} (for [bme280]):"
+    bus = setup.transport
+    if bus is None:
+        try:
+            bus = _open_bus(setup.backend, bus_number, address, setup.weather)  # type: ignore[arg-type]
+        except SensorError as err:
+            return Probe((title, f"  {err}"))
+    try:
+        found = probe_bme280(bus)
+    finally:
+        if setup.transport is None:
+            bus.deinit()
+    lines = [title]
+    suggest: tuple[str, ...] = ()
+    for at, chip_id, name in found:
+        chip = f"chip id 0x{chip_id:02x}" if chip_id is not None else "no answer"
+        lines.append(f"  0x{at:02x}: {name} ({chip})")
+        if name == "BME280" and not suggest:
+            suggest = (f"backend = {setup.backend}", f"bus = {bus_number}", f"address = 0x{at:02x}")
+    return Probe(tuple(lines), suggest)
+
+
+DRIVER = Driver(
+    section="bme280",
+    summary="Bosch BME280 temperature, humidity and pressure sensor on I2C",
+    fields=FIELDS,
+    parse_options=_parse_options,
+    open=_open,
+    probe=_probe,
+)

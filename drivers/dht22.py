@@ -6,19 +6,26 @@ so this module imports on any machine.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from drivers.reading import Field, Reading, SensorError
+from drivers.driver import Driver, Probe, SectionReader, Setup
+from drivers.reading import Field, OptionError, Reading, SensorError
 from drivers.sim.weather import Weather
 
 if TYPE_CHECKING:
     import adafruit_dht
 
 MIN_INTERVAL = 2.0  # s between two reads of the sensor (DHT22 datasheet)
+FIELDS = (
+    Field("dtemp", "C", "DHT22", -40.0, 80.0),
+    Field("drh", "%", "DHT22", 0.0, 100.0),
+)
+"""Temperature and relative humidity with their default names and datasheet ranges."""
 
 # What adafruit_dht's RuntimeErrors mean, keyed by a fragment of their message.
 _KINDS = {
@@ -44,15 +51,16 @@ _ADVICE = {
 
 
 def _check_settings(poll_interval: float, retries: int, field_names: tuple[str, str]) -> None:
+    """OptionError for settings the sensor cannot work with."""
     if not poll_interval >= MIN_INTERVAL:
-        raise ValueError(
+        raise OptionError(
             f"DHT22 poll_interval {poll_interval} s is below the 2 s minimum between reads "
             "(datasheet); set `[dht22] interval` to 2 or more"
         )
     if retries < 0:
-        raise ValueError(f"DHT22 retries = {retries}; use 0 or more")
+        raise OptionError(f"DHT22 retries = {retries}; use 0 or more")
     if len(field_names) != 2 or field_names[0] == field_names[1]:
-        raise ValueError(f"DHT22 field_names {field_names!r}: give two different names")
+        raise OptionError(f"DHT22 field_names {field_names!r}: give two different names")
 
 
 class DHT22:
@@ -79,9 +87,8 @@ class DHT22:
         _check_settings(poll_interval, retries, field_names)
         self.device = device
         self.pin = pin
-        self.fields = (
-            Field(field_names[0], "C", "DHT22", -40.0, 80.0),
-            Field(field_names[1], "%", "DHT22", 0.0, 100.0),
+        self.fields = tuple(
+            dataclasses.replace(f, name=n) for f, n in zip(FIELDS, field_names, strict=True)
         )
         self.poll_interval = poll_interval
         self.retries = retries
@@ -193,21 +200,28 @@ def open_dht22(
     absent: bool = False,
     seed: int | None = None,
     retries: int = 3,
+    device: adafruit_dht.DHTBase | None = None,
 ) -> DHT22:
     """Open the DHT22 on BCM ``pin``; ``backend`` is "hardware" or "simulated".
 
     ``weather``, the fault rates, ``absent`` and ``seed`` shape the simulated sensor only.
+    ``device`` (an ``adafruit_dht`` device, e.g. one fed given pulse trains) is used instead
+    of the one the backend would open; the driver then does not wait 2 s between reads.
     """
     _check_settings(poll_interval, retries, field_names)
     options: dict[str, Any] = dict(
         pin=pin, field_names=field_names, poll_interval=poll_interval, retries=retries
     )
+    if backend not in ("hardware", "simulated"):
+        raise OptionError(f"unknown DHT22 backend {backend!r}; use 'hardware' or 'simulated'")
+    if device is not None:
+        return DHT22(device, sleep=_no_wait, **options)
     if backend == "hardware":
         return DHT22(_open_hardware(pin), **options)
-    if backend == "simulated":
-        from drivers.sim.dht22 import SimulatedDHT22
+    from drivers.sim.dht22 import SimulatedDHT22
 
-        device = SimulatedDHT22(
+    try:
+        simulated = SimulatedDHT22(
             pin,
             weather=weather,
             checksum_error_rate=checksum_error_rate,
@@ -215,24 +229,73 @@ def open_dht22(
             absent=absent,
             seed=seed,
         )
-        return DHT22(device, sleep=_no_wait, **options)
-    raise ValueError(f"unknown DHT22 backend {backend!r}; use 'hardware' or 'simulated'")
+    except ValueError as e:
+        raise OptionError(f"[dht22] sim_*: {e}") from e
+    return DHT22(simulated, sleep=_no_wait, **options)
 
 
 def probe_dht22(backend: str = "simulated", pin: int = 4, **options: Any) -> str:
     """One read, described in one line for ``sensorkit probe``: the values or why not."""
+    return _read_once(backend, pin, options)[0]
+
+
+def _read_once(backend: str, pin: int, options: dict[str, Any]) -> tuple[str, bool]:
+    """One read described in one line, and whether it gave values (the sensor answered)."""
     try:
         sensor = open_dht22(backend, pin=pin, **options)
-    except (SensorError, ValueError) as e:
-        return str(e) if str(e).startswith("DHT22") else f"DHT22 on GPIO{pin}: {e}"
+    except SensorError as e:
+        return (str(e) if str(e).startswith("DHT22") else f"DHT22 on GPIO{pin}: {e}"), False
     try:
         readings = sensor.read()
     except SensorError as e:
-        return str(e)
+        return str(e), False
     finally:
         sensor.close()
     units = {f.name: f.unit for f in sensor.fields}
     parts = [f"{r.value:.1f} {units[r.field]}" for r in readings]
     if sensor.implausible:
         parts.append(f"{sensor.implausible} implausible value(s) refused")
-    return f"DHT22 on GPIO{pin}: " + ", ".join(parts)
+    return f"DHT22 on GPIO{pin}: " + ", ".join(parts), bool(readings)
+
+
+def _parse_options(s: SectionReader) -> dict[str, object]:
+    """The [dht22] keys of its own: pin, interval and the simulated faults."""
+    return {
+        "pin": s.number("pin", 4, int, 0, 27, "(BCM GPIO number)"),
+        "poll_interval": s.number("interval", 5.0, float, MIN_INTERVAL, None, "seconds"),
+        "checksum_error_rate": s.number("sim_checksum_error_rate", 0.0, float, 0, 1),
+        "short_train_rate": s.number("sim_short_train_rate", 0.0, float, 0, 1),
+        "absent": s.flag("sim_absent", False),
+    }
+
+
+def _open(setup: Setup) -> DHT22:
+    """Open the DHT22 the settings describe."""
+    return open_dht22(
+        setup.backend,
+        field_names=setup.fields,  # type: ignore[arg-type]
+        weather=setup.weather,
+        seed=setup.weather.seed,
+        device=setup.transport,  # type: ignore[arg-type]
+        **setup.options,  # type: ignore[arg-type]
+    )
+
+
+def _probe(setup: Setup, patience: float) -> Probe:
+    """Read the sensor once; suggest it only when the read gave values."""
+    options = {k: v for k, v in setup.options.items() if k not in ("pin", "poll_interval")}
+    pin = int(setup.options.get("pin", 4))  # type: ignore[call-overload]
+    options.update(weather=setup.weather, device=setup.transport)
+    line, answered = _read_once(setup.backend, pin, options)
+    suggest = (f"backend = {setup.backend}", f"pin = {pin}") if answered else ()
+    return Probe((f"DHT22 (for [dht22], backend {setup.backend}):", f"  {line}"), suggest)
+
+
+DRIVER = Driver(
+    section="dht22",
+    summary="DHT22 temperature and humidity sensor on a GPIO pin",
+    fields=FIELDS,
+    parse_options=_parse_options,
+    open=_open,
+    probe=_probe,
+)

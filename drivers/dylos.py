@@ -6,7 +6,8 @@ DC1100 Pro; > 1 um and > 5 um on the standard model). They go out as ``pm_25``/`
 original kit's names: counts, not mass concentrations. The port is any pyserial URL: a device
 path, ``loop://``, ``socket://host:port``, or the simulated Dylos's pty; the driver does not
 know which. An unplugged or absent port is retried with
-capped exponential backoff and reported once; read() never raises for it.
+capped exponential backoff and reported once; read() never raises for it. One line is one
+measurement: a line the device cannot have sent is refused whole, never in part.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ import math
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import serial
 import serial.tools.list_ports
 
-from drivers.reading import Field, Reading, SensorError
+from drivers.driver import Driver, Probe, SectionReader, Setup
+from drivers.reading import DataError, Field, OptionError, Reading, SensorError
+from drivers.sim.weather import Weather
 
 log = logging.getLogger("sensorkit.dylos")
 
@@ -67,25 +72,27 @@ def parse_line(line: bytes) -> tuple[int, int] | None:
     """The (small, large) counts of one line without its line end; None for a blank line.
 
     Takes the first two fields and ignores any more (some DC1100 Pro firmware sends four).
-    Raises ValueError when the line is not two non-negative integers.
+    Raises DataError (a ValueError) when the line is not two non-negative integers.
     """
     text = line.strip()
     if not text:
         return None
     fields = text.split(b",")
     if len(fields) < 2:
-        raise ValueError("one field, expected 'small,large'")
+        raise DataError("one field, expected 'small,large'")
     small, large = fields[0].strip(), fields[1].strip()
     if not (small.isdigit() and large.isdigit() and small.isascii() and large.isascii()):
-        raise ValueError("not two non-negative integers")
+        raise DataError("not two non-negative integers")
     return int(small), int(large)
 
 
 class Dylos:
     """A Dylos DC1100 on a serial port; read() waits up to ``read_timeout`` for the next line.
 
-    ``connected`` and ``last_error`` (the most recent open or I/O problem, kept after recovery)
-    and ``garbage_lines`` (lines ignored as unparseable) are for ``sensorkit status``.
+    For ``sensorkit status``: ``connected`` and ``last_error`` (the most recent open or I/O
+    problem, kept after recovery), ``garbage_lines`` (lines ignored as unparseable) and
+    ``implausible`` (values refused: both counts of each line with a count beyond the
+    display). ``config_file`` names the file the port came from, in messages.
     """
 
     name = "dylos"
@@ -101,24 +108,25 @@ class Dylos:
         retry_cap: float = 60.0,
         on_close: Callable[[], None] | None = None,
         mass: bool = False,
+        config_file: str = "agent.ini",
     ) -> None:
         """Open ``port`` now; if that fails, say why once and keep retrying from read()."""
         if len(field_names) != 2 or field_names[0] == field_names[1]:
-            raise ValueError(
-                f"agent.ini [dylos] fields: need two different names (small, large), "
+            raise OptionError(
+                f"{config_file} [dylos] fields: need two different names (small, large), "
                 f"not {field_names!r}"
             )
         if not read_timeout > 0 or not 0 < retry_base <= retry_cap:
-            raise ValueError(
+            raise OptionError(
                 f"Dylos timings: need read_timeout > 0 and 0 < retry_base <= retry_cap, not "
                 f"{read_timeout}, {retry_base}, {retry_cap}"
             )
         self.port = port
+        self.config_file = config_file
         self.mass = mass
         top = max(counts_to_mass(DISPLAY_MAX, DISPLAY_MAX)) if mass else DISPLAY_MAX
         self.fields = tuple(
-            Field(n, "ug/m3" if mass else "pcs/qf", "Dylos DC1100", 0.0, top)
-            for n in field_names
+            Field(n, "ug/m3" if mass else "pcs/qf", "Dylos DC1100", 0.0, top) for n in field_names
         )
         self.read_timeout = read_timeout
         self.retry_base = retry_base
@@ -126,6 +134,8 @@ class Dylos:
         self.connected = False
         self.last_error: str | None = None
         self.garbage_lines = 0
+        self.implausible = 0
+        self._refusals_said: set[tuple[str, ...]] = set()
         self.serial: serial.SerialBase | None = None
         self._on_close = on_close
         self._closed = False
@@ -205,10 +215,13 @@ class Dylos:
             return []
         try:
             pair = parse_line(line)
-        except ValueError as exc:
+        except DataError as exc:
             self._garbage(line, str(exc))
             return []
         assert pair is not None
+        if max(pair) > DISPLAY_MAX:
+            self._refuse(line, pair)
+            return []
         values = counts_to_mass(*pair) if self.mass else pair
         return [Reading(f.name, float(v), now) for f, v in zip(self.fields, values, strict=True)]
 
@@ -228,6 +241,26 @@ class Dylos:
                 n,
                 more,
             )
+
+    def _refuse(self, line: bytes, pair: tuple[int, int]) -> None:
+        """Drop a line with a count beyond the display: both counts, counted, said once per kind."""
+        self.implausible += len(pair)
+        names = ("small", "large")
+        beyond = tuple(n for n, count in zip(names, pair, strict=True) if count > DISPLAY_MAX)
+        if beyond in self._refusals_said:
+            log.debug("Dylos on %s: refused line %r", self.port, line[:40])
+            return
+        self._refusals_said.add(beyond)
+        log.warning(
+            "Dylos on %s: refused line %r: the %s beyond the DC1100's five-digit display "
+            "(%d), so the device did not send it; a line is one measurement, so neither count "
+            "is kept. Such lines are counted in `sensorkit status` (implausible) and not logged "
+            "again; check the cable and the port's baud rate (9600 8N1)",
+            self.port,
+            line[:40],
+            f"{beyond[0]} count is" if len(beyond) == 1 else "small and large counts are",
+            DISPLAY_MAX,
+        )
 
     def _open(self) -> bool:
         """Try to open the port once; on failure describe it, once per outage, and back off."""
@@ -287,13 +320,14 @@ class Dylos:
         self._delay = min(self._delay * 2, self.retry_cap)
 
     def _describe(self, exc: BaseException) -> str:
-        """Say what is wrong with the port in agent.ini terms, and what to do."""
-        where = f"agent.ini [dylos] port: {self.port}"
-        if "://" not in self.port and not os.path.exists(self.port):
+        """Say what is wrong with the port in config-file terms, and what to do."""
+        where = f"{self.config_file} [dylos] port: {self.port}"
+        problem = _port_problem(self.port, exc)
+        if problem == "does not exist":
             return f"{where} does not exist; plugged in? see `sensorkit probe`"
-        if getattr(exc, "errno", None) == errno.EACCES:
-            return f"{where}: permission denied; add the agent's user to the 'dialout' group"
-        return f"{where}: cannot open it ({exc}); check the cable, see `sensorkit probe`"
+        if problem.startswith("permission denied"):
+            return f"{where}: {problem}"
+        return f"{where}: {problem}; check the cable, see `sensorkit probe`"
 
     def _close_port(self) -> None:
         """Close the serial port, ignoring errors from a port that is already gone."""
@@ -303,6 +337,22 @@ class Dylos:
         if ser is not None:
             with contextlib.suppress(serial.SerialException, OSError):
                 ser.close()
+
+
+def _port_problem(port: str, exc: BaseException) -> str:
+    """Why ``port`` did not open, in a few words and what to do about it."""
+    if "://" not in port and not os.path.exists(port):
+        return "does not exist"
+    if getattr(exc, "errno", None) == errno.EACCES:
+        return "permission denied; add the agent's user to the 'dialout' group"
+    return f"cannot open it ({exc})"
+
+
+class PortSource(Protocol):
+    """What a Dylos transport offers: the path or URL of a port to open (``SimulatedDylos``)."""
+
+    @property
+    def url(self) -> str: ...
 
 
 def open_dylos(
@@ -316,36 +366,48 @@ def open_dylos(
     retry_base: float = 1.0,
     retry_cap: float = 60.0,
     mass: bool = False,
+    weather: Weather | None = None,
+    transport: PortSource | None = None,
+    config_file: str = "agent.ini",
 ) -> Dylos:
     """The Dylos driver on ``port`` (hardware) or on a started simulator's pty (simulated).
 
-    ``replay`` (a file of device lines, default the shipped capture) and ``speedup`` apply to the
-    simulated backend only. Bad values raise ValueError naming the agent.ini key.
+    ``replay`` (a file of device lines to send byte for byte), ``speedup`` and ``weather``
+    (what the made-up lines follow when there is no replay) apply to the simulated backend
+    only. ``transport`` (e.g. a started ``SimulatedDylos``) gives the port to open instead;
+    it stays the caller's. Bad values raise OptionError naming the config key.
     """
     timing = {
         "read_timeout": read_timeout,
         "retry_base": retry_base,
         "retry_cap": retry_cap,
         "mass": mass,
+        "config_file": config_file,
     }
+    if backend not in ("hardware", "simulated"):
+        raise OptionError(
+            f"{config_file} [dylos] backend: {backend!r} is not one of: hardware, simulated"
+        )
+    if transport is not None:
+        return Dylos(transport.url, field_names=field_names, **timing)
     if backend == "hardware":
         return Dylos(port, field_names=field_names, **timing)
-    if backend != "simulated":
-        raise ValueError(
-            f"agent.ini [dylos] backend: {backend!r} is not one of: hardware, simulated"
-        )
-    from drivers.sim.dylos import SimulatedDylos
-
-    try:
-        sim = SimulatedDylos(replay, speedup=speedup)
-    except ValueError as exc:
-        raise ValueError(f"agent.ini [dylos] replay/speedup: {exc}") from exc
-    sim.start()
+    sim = _simulator(replay, speedup, weather, config_file).start()
     try:
         return Dylos(sim.url, field_names=field_names, on_close=sim.stop, **timing)
     except BaseException:
         sim.stop()
         raise
+
+
+def _simulator(replay: str | None, speedup: float, weather: Weather | None, config_file: str):
+    """A simulated Dylos (not started); its ValueError becomes an OptionError naming the key."""
+    from drivers.sim.dylos import SimulatedDylos
+
+    try:
+        return SimulatedDylos(replay, speedup=speedup, weather=weather)
+    except ValueError as exc:
+        raise OptionError(f"{config_file} [dylos] replay/speedup: {exc}") from exc
 
 
 def list_serial_ports() -> list[str]:
@@ -356,3 +418,129 @@ def list_serial_ports() -> list[str]:
         if os.path.realpath(info.device) not in named:
             ports.append(info.device)
     return ports
+
+
+def listen(port: str, seconds: float) -> tuple[int, int] | str:
+    """The first ``small,large`` line heard on ``port`` within ``seconds``, or why none was.
+
+    Any line that parses counts, even the first one after opening (which may be the tail of
+    a line): it is enough to tell that a Dylos is talking.
+    """
+    try:
+        ser = serial.serial_for_url(
+            port, baudrate=9600, bytesize=8, parity="N", stopbits=1, timeout=SLICE
+        )
+    except (serial.SerialException, OSError) as exc:
+        return _port_problem(port, exc)
+    deadline = time.monotonic() + seconds
+    pending = b""
+    with contextlib.closing(ser):
+        while time.monotonic() < deadline:
+            try:
+                pending += ser.read(ser.in_waiting or 1)
+            except (serial.SerialException, OSError) as exc:
+                return f"went away while listening ({exc})"
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                with contextlib.suppress(DataError):
+                    pair = parse_line(line)
+                    if pair is not None and max(pair) <= DISPLAY_MAX:
+                        return pair
+            pending = pending[-MAX_LINE:]
+    return f"no Dylos line in {seconds:g} s (a DC1100 sends one a minute)"
+
+
+def _probe(setup: Setup, patience: float) -> Probe:
+    """List the serial ports, listen for a Dylos, and suggest only a port one was heard on."""
+    ports = list_serial_ports()
+    lines = ["serial ports (for [dylos] port):"]
+    if setup.backend == "simulated" or setup.transport is not None:
+        lines += [f"  {p}" for p in ports] or ["  none found; is the Dylos plugged in?"]
+        heard = _probe_simulated(setup, patience)
+        lines.append(f"  simulated Dylos: {_heard_text(heard)}")
+        found = not isinstance(heard, str)
+        return Probe(tuple(lines), ("backend = simulated",) if found else ())
+    configured = str(setup.options.get("port", ""))
+    candidates = list(ports)
+    if configured and os.path.realpath(configured) not in {os.path.realpath(p) for p in ports}:
+        candidates.append(configured)
+    if not candidates:
+        return Probe((*lines, "  none found; is the Dylos plugged in?"))
+    log.info("listening for a Dylos line on %s for up to %g s", ", ".join(candidates), patience)
+    with ThreadPoolExecutor(max_workers=min(8, len(candidates))) as pool:
+        heard = list(pool.map(lambda p: listen(p, patience), candidates))
+    answered = [p for p, h in zip(candidates, heard, strict=True) if not isinstance(h, str)]
+    for port, result in zip(candidates, heard, strict=True):
+        label = f" (configured in {setup.config_file})" if port == configured else ""
+        lines.append(f"  {port}{label}: {_heard_text(result)}")
+    suggest = ("backend = hardware", f"port = {answered[0]}") if answered else ()
+    return Probe(tuple(lines), suggest)
+
+
+def _probe_simulated(setup: Setup, patience: float) -> tuple[int, int] | str:
+    """Start the simulated Dylos the settings describe (or use the given one) and listen."""
+    if setup.transport is not None:
+        return listen(setup.transport.url, patience)  # type: ignore[attr-defined]
+    replay = setup.options.get("replay")
+    try:
+        sim = _simulator(
+            str(replay) if replay else None,
+            float(setup.options.get("speedup", 60.0)),  # type: ignore[arg-type]
+            setup.weather,
+            setup.config_file,
+        ).start()
+    except OptionError as exc:
+        return str(exc)
+    try:
+        return listen(sim.url, patience)
+    finally:
+        sim.stop()
+
+
+def _heard_text(heard: tuple[int, int] | str) -> str:
+    """A probe result in words."""
+    if isinstance(heard, str):
+        return heard
+    return f"a Dylos is talking: {heard[0]},{heard[1]}"
+
+
+def _parse_options(s: SectionReader) -> dict[str, object]:
+    """The [dylos] keys of its own: port, replay, speedup, mass."""
+    replay = s.relative_path("replay")
+    if replay is not None and not replay.is_file():
+        raise s.fail(
+            "replay",
+            f"{replay} is not a file; allowed: a file of Dylos lines 'small,large' (relative "
+            "to this config), or nothing for lines made up from the [simulated] weather",
+        )
+    return {
+        "port": s.text("port", "/dev/ttyUSB0"),
+        "replay": str(replay) if replay is not None else None,
+        "speedup": s.number("speedup", 60.0, float, 0.001, None),
+        "mass": s.flag("mass", False),
+    }
+
+
+def _open(setup: Setup) -> Dylos:
+    """Open the Dylos the settings describe."""
+    return open_dylos(
+        setup.backend,
+        field_names=setup.fields,  # type: ignore[arg-type]
+        weather=setup.weather,
+        transport=setup.transport,  # type: ignore[arg-type]
+        config_file=setup.config_file,
+        **setup.options,  # type: ignore[arg-type]
+    )
+
+
+DRIVER = Driver(
+    section="dylos",
+    summary="Dylos DC1100 particle counter on a serial port",
+    fields=(
+        Field("pm_25", "pcs/qf", "Dylos DC1100", 0.0, DISPLAY_MAX),
+        Field("pm_10", "pcs/qf", "Dylos DC1100", 0.0, DISPLAY_MAX),
+    ),
+    parse_options=_parse_options,
+    open=_open,
+    probe=_probe,
+)

@@ -8,7 +8,18 @@ from typing import Protocol
 
 
 class SensorError(Exception):
-    """A sensor could not be read; the message says what, where and what to do."""
+    """A sensor could not be opened or read; the message says what, where and what to do."""
+
+
+class OptionError(SensorError, ValueError):
+    """A driver was given an option it cannot use (backend, field names, timings, a file).
+
+    Also a ValueError: it is a bad value, refused before any hardware is touched.
+    """
+
+
+class DataError(SensorError, ValueError):
+    """Bytes from a device that are not a measurement (a garbled or foreign line)."""
 
 
 @dataclass(frozen=True)
@@ -36,12 +47,17 @@ class Reading:
 
 
 class Sensor(Protocol):
-    """What the agent needs of a driver; each driver module has an ``open_<name>()`` factory.
+    """What the agent needs of an opened driver (see :mod:`drivers.driver` for opening one).
 
     ``read()`` returns the readings taken now (an empty list when nothing new arrived) and
     raises :class:`SensorError` once its own bounded retries of transient faults are used up.
     ``poll_interval`` is the seconds between ``read()`` calls; 0 means ``read()`` itself waits
     for the device (a streaming sensor such as the Dylos).
+
+    Optional counters the agent reports in ``sensorkit status`` when a driver has them:
+    ``implausible`` (values refused as outside what the sensor can produce), ``garbage_lines``
+    (device output that is not a measurement), ``connected`` and ``last_error`` (a port that
+    is away).
     """
 
     name: str

@@ -1,4 +1,4 @@
-"""`sensorkit run` on the bench: the real capture through the simulated port into real InfluxDB."""
+"""`sensorkit run` on the bench: simulated device lines through the real drivers into InfluxDB."""
 
 from __future__ import annotations
 
@@ -17,11 +17,7 @@ from agent.aggregator import robust_mean
 from agent.config import load
 from agent.console import ConsoleOutput
 from agent.runner import Agent
-
-CAPTURE = [
-    tuple(int(v) for v in line.split(","))
-    for line in (ROOT / "drivers/data/dylos-dc1100-capture.txt").read_text().split()
-]
+from drivers.sim.dylos import SimulatedDylos
 
 
 def kit_ini(tmp_path: Path, body: str, url: str = "", interval: int = 1) -> Path:
@@ -48,16 +44,18 @@ def telegrams(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def contiguous_in_capture(pairs: list[tuple[int, int]]) -> bool:
+def contiguous_in(pairs: list[tuple[int, int]], written: list[tuple[int, int]]) -> bool:
     n = len(pairs)
-    doubled = CAPTURE + CAPTURE  # the simulator loops back to the start
-    return any(doubled[i : i + n] == pairs for i in range(len(CAPTURE)))
+    return any(written[i : i + n] == pairs for i in range(len(written) - n + 1))
 
 
-def test_each_window_holds_the_mean_of_the_capture_lines_that_arrived_in_it(tmp_path):
-    ini = kit_ini(tmp_path, "[dylos]\nenabled = yes\nbackend = simulated\nspeedup = 180\n")
+def test_each_window_holds_the_mean_of_the_device_lines_that_arrived_in_it(tmp_path):
+    ini = kit_ini(tmp_path, "[dylos]\nenabled = yes\nbackend = simulated\n")
     settings = load(ini)
-    agent = Agent(settings, [ConsoleOutput(str(tmp_path / "telegrams.jsonl"))])
+    sim = SimulatedDylos(speedup=180).start()
+    agent = Agent(
+        settings, [ConsoleOutput(str(tmp_path / "telegrams.jsonl"))], transports={"dylos": sim}
+    )
     events: list[tuple] = []
     lock = threading.Lock()
     add, close = agent.aggregator.add, agent.aggregator.close_window
@@ -77,7 +75,10 @@ def test_each_window_holds_the_mean_of_the_capture_lines_that_arrived_in_it(tmp_
     agent.aggregator.add = recording_add
     agent.aggregator.close_window = recording_close
     threading.Timer(6.5, agent.stop.set).start()
-    assert agent.run() == 0
+    try:
+        assert agent.run() == 0
+    finally:
+        sim.stop()
 
     windows, current, lines = [], [], []
     for kind, payload in events:
@@ -91,7 +92,7 @@ def test_each_window_holds_the_mean_of_the_capture_lines_that_arrived_in_it(tmp_
                 assert current == []
             current = []
     assert len(lines) >= 12, "the simulated Dylos should give about 3 lines a second"
-    assert contiguous_in_capture(lines), "readings must be consecutive lines of the real capture"
+    assert contiguous_in(lines, sim.written), "readings must be consecutive lines the device sent"
     assert len(windows) >= 5
     for readings, values in windows:
         assert values["pm_25"] == pytest.approx(statistics.fmean(r["pm_25"] for r in readings))

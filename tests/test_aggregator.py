@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 
@@ -99,3 +100,38 @@ def test_values_follow_config_order_whatever_order_sensors_come_up_in():
     assert ident.units == ("s", "pcs/qf", "pcs/qf", "C", "%")
     assert ident.types == ("time", "Dylos DC1100", "Dylos DC1100", "DHT22", "DHT22")
     assert (ident.project, ident.serial, ident.label) == ("BdP", "k1", "garden")
+
+
+def test_a_calibration_that_yields_inf_drops_the_reading_counts_it_and_says_so_once(caplog):
+    huge = SensorFields("dylos", DYLOS.fields, {"pm_25": (1e308, 1e308)}, "kit.ini [dylos]")
+    agg = Aggregator([huge])
+    for t in range(6):  # robust_mean's outlier path (5+ readings) was where it raised
+        agg.add([Reading("pm_25", 515.0, t), Reading("pm_10", 21.0, t)])
+    assert agg.not_finite == {"pm_25": 6}
+    data = agg.close_window(60)
+    assert dict(data.values) == {"pm_10": 21.0}  # the other field still goes out
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "sensorkit.aggregator"]
+    assert "kit.ini [dylos] calibration.pm_25 = 1e+308 1e+308" in warning and "inf" in warning
+    assert agg.dropped(["pm_25", "pm_10"]) == (0, 6)
+
+
+def test_a_calibration_that_yields_minus_inf_is_dropped_too():
+    agg = Aggregator([SensorFields("dht22", DHT.fields, {"drh": (0.0, -1e308, -1e308)})])
+    agg.add([Reading("drh", 50.0, 1), Reading("drh", 0.0, 2), Reading("dtemp", 20.0, 2)])
+    assert agg.not_finite == {"drh": 1}  # 50 gives -inf; 0 gives a0 = 0
+    values = dict(agg.close_window(60).values)
+    assert values == {"dtemp": 20.0, "drh": 0.0} and all(map(math.isfinite, values.values()))
+
+
+def test_a_window_mean_that_overflows_is_never_sent(caplog):
+    agg = Aggregator([SensorFields("dylos", DYLOS.fields, {"pm_25": (0.0, 1.7e303)})])
+    for t in range(6):
+        agg.add([Reading("pm_25", 99999.0, t), Reading("pm_10", 21.0, t)])  # 1.7e308 each
+    assert agg.not_finite == {}  # each value is finite; their sum is not
+    data = agg.close_window(60)
+    assert dict(data.values) == {"pm_10": 21.0}
+    assert agg.unsent_means == {"pm_25": 1}
+    agg.add([Reading("pm_25", 99999.0, 61), Reading("pm_25", 99999.0, 62)])
+    assert agg.close_window(120) is None and agg.unsent_means == {"pm_25": 2}
+    said = [r for r in caplog.records if "not a finite number" in r.getMessage()]
+    assert len(said) == 1

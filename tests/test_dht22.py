@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import array
+import contextlib
+import io
+import json
 import random
 import re
 import subprocess
@@ -15,11 +18,15 @@ from unittest import mock
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+from realdata import fixture
 
 from drivers.dht22 import DHT22, open_dht22, probe_dht22
 from drivers.reading import SensorError
 from drivers.sim.dht22 import SimulatedDHT22, adafruit_dht, encode_frame, encode_pulses
 from drivers.sim.weather import Weather
+
+with contextlib.redirect_stdout(io.StringIO()):  # Blinka's note about an unsupported board
+    from adafruit_dht import DHT22 as LibraryDHT22
 
 ROOT = Path(__file__).resolve().parents[1]
 NOON = 1_700_000_000.0  # a fixed UNIX time so the weather is repeatable
@@ -149,6 +156,63 @@ def test_simulator_reports_the_weather_now() -> None:
     device.measure()
     t, h, _ = weather.at(NOON)
     assert (device._temperature, device._humidity) == (round(t * 10) / 10, round(h * 10) / 10)
+
+
+# --- real frames (../shared/fixtures/external/dht22-frames.json) ----------------------------
+
+
+def frame_window(frame: bytes, timing: dict) -> array.array:
+    """The 81-pulse window adafruit_dht keeps for ``frame``, built from the datasheet timing
+    here (not by drivers.sim.dht22): per bit a low, then a short (0) or long (1) high; a low."""
+    pulses = array.array("H")
+    for byte in frame:
+        for bit in range(7, -1, -1):
+            pulses.append(timing["low"])
+            pulses.append(timing["one_high"] if byte >> bit & 1 else timing["zero_high"])
+    pulses.append(timing["low"])
+    return pulses
+
+
+class RealFrame(LibraryDHT22):
+    """adafruit_dht's own DHT22 whose pulse capture hands back one given window."""
+
+    def __init__(self, pulses: array.array) -> None:
+        super().__init__(4, use_pulseio=False)
+        self.pulses = pulses
+        self.captures = 0
+
+    def _get_pulses_bitbang(self) -> array.array:
+        self.captures += 1
+        return self.pulses
+
+
+def real_frames() -> tuple[list[dict], dict]:
+    data = json.loads(fixture("external/dht22-frames.json").read_text())
+    return data["frames"], data["timing_us"]
+
+
+def test_real_frames_decode_through_the_driver_to_their_values() -> None:
+    frames, timing = real_frames()
+    good = [f for f in frames if f["valid"]]
+    assert len(good) == 3
+    for frame in good:
+        window = frame_window(bytes.fromhex(frame["bytes"]), timing)
+        assert len(window) == 81
+        device = RealFrame(window)
+        sensor = open_dht22("simulated", device=device)  # the driver on the given device
+        readings = {r.field: r.value for r in sensor.read()}
+        assert readings == {"dtemp": frame["temperature_C"], "drh": frame["humidity_pct"]}
+        assert device.captures == 1
+
+
+def test_real_frame_with_a_bad_checksum_is_refused_never_reported() -> None:
+    frames, timing = real_frames()
+    [bad] = [f for f in frames if not f["valid"]]
+    device = RealFrame(frame_window(bytes.fromhex(bad["bytes"]), timing))
+    sensor = open_dht22("simulated", device=device, retries=2)
+    with pytest.raises(SensorError, match=r"checksum did not validate 3x"):
+        sensor.read()
+    assert device.captures == 3
 
 
 # --- driver: retries and errors -------------------------------------------------------------

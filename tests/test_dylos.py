@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -11,19 +12,22 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from realdata import fixture, fixture_params
 
 from drivers import dylos as dylos_module
 from drivers.dylos import MAX_LINE, Dylos, list_serial_ports, open_dylos, parse_line
-from drivers.reading import Reading, SensorError
-from drivers.sim.dylos import CAPTURE, SimulatedDylos
+from drivers.reading import OptionError, Reading, SensorError
+from drivers.sim.dylos import Particles, SimulatedDylos
+from drivers.sim.weather import Weather
 
-FAST = 60_000.0  # speedup: one capture line per millisecond
+FAST = 60_000.0  # speedup: one device line per millisecond
 Pair = tuple[float, float]
+CAPTURE = "dylos-dc1100-capture.txt"  # in ../shared/fixtures: 400 lines from a real DC1100
 
 
 def capture_pairs() -> list[tuple[int, int]]:
-    """The shipped capture, parsed here independently of the driver and the simulator."""
-    lines = CAPTURE.read_bytes().split(b"\r\n")
+    """The real DC1100 capture, parsed here independently of the driver and the simulator."""
+    lines = fixture(CAPTURE).read_bytes().split(b"\r\n")
     assert lines[-1] == b""  # CRLF after every line, including the last
     return [(int(s), int(lg)) for s, lg in (line.split(b",") for line in lines[:-1])]
 
@@ -92,7 +96,8 @@ def feed(driver: Dylos, data: bytes) -> list[Pair]:
 
 
 def test_real_capture_through_simulated_port_gives_its_pairs_in_order_as_floats(closing):
-    driver = closing(open_dylos("simulated", speedup=FAST, read_timeout=0.2))
+    capture = str(fixture(CAPTURE))
+    driver = closing(open_dylos("simulated", replay=capture, speedup=FAST, read_timeout=0.2))
     assert driver.name == "dylos" and driver.poll_interval == 0
     assert [(f.name, f.unit, f.type) for f in driver.fields] == [
         ("pm_25", "pcs/qf", "Dylos DC1100"),
@@ -102,8 +107,18 @@ def test_real_capture_through_simulated_port_gives_its_pairs_in_order_as_floats(
     assert is_run_of(pairs, capture_pairs(), cyclic=True)
 
 
+def test_real_capture_replayed_end_to_end_gives_exactly_its_400_pairs(closing):
+    sim = closing(SimulatedDylos(fixture(CAPTURE), speedup=FAST).start())
+    driver = closing(Dylos(sim.url, read_timeout=0.2))
+    pairs = collect(driver, 400)[:400]
+    capture = capture_pairs()
+    start = capture.index(tuple(int(v) for v in pairs[0]))  # the first line after opening
+    assert pairs == capture[start:] + capture[:start]  # every pair once, in order, nothing else
+    assert driver.garbage_lines == 0 and driver.implausible == 0
+
+
 def test_simulator_writes_the_capture_and_records_exactly_what_the_driver_reads(closing):
-    sim = closing(SimulatedDylos(speedup=FAST).start())
+    sim = closing(SimulatedDylos(fixture(CAPTURE), speedup=FAST).start())
     driver = closing(Dylos(sim.url, field_names=("small", "large"), read_timeout=0.2))
     readings = []
     while len(readings) < 2 * 50:
@@ -111,6 +126,149 @@ def test_simulator_writes_the_capture_and_records_exactly_what_the_driver_reads(
     pairs = pairs_of(readings, ("small", "large"))
     assert is_run_of(pairs, sim.written)
     assert is_run_of(sim.written, capture_pairs(), cyclic=True)
+
+
+def test_replay_sends_the_file_byte_for_byte_through_the_pty(closing, tmp_path):
+    replay = tmp_path / "replay.txt"
+    replay.write_bytes(b"1,2\r\n 3 ,4,77,88\r\n\r\n5,6\n")  # odd spacing, 4 fields, bare LF
+    sim = closing(SimulatedDylos(replay, speedup=FAST).start())
+    with open(sim.url, "rb", buffering=0) as port:
+        received = b""
+        while len(received) < 3 * len(replay.read_bytes()):
+            received += os.read(port.fileno(), 4096)
+    assert received.startswith(replay.read_bytes() * 3)
+
+
+# --- real lines from other kits (../shared/fixtures/external) -------------------------------
+
+PLAIN = re.compile(rb"(\d+),(\d+)")
+TEXT_BEFORE = re.compile(rb".*\S[\s,]+(\d+)\s*,\s*(\d+)\s*")
+MARKER = b"99999,99999"  # a plain line the files do not hold: ends each line's results
+
+
+def allowed(line: bytes, got: list[tuple[int, int]]) -> bool:
+    """external/README.md's rule: a plain N,M line gives exactly (N, M); a line with a date
+    or other text before its last two numbers is refused or gives those two; any other line
+    is refused. Nothing ever gives other numbers."""
+    text = line.strip()
+    if plain := PLAIN.fullmatch(text):
+        return got == [(int(plain[1]), int(plain[2]))]
+    if before := TEXT_BEFORE.fullmatch(text):
+        return got in ([], [(int(before[1]), int(before[2]))])
+    return got == []
+
+
+def test_the_rule_itself_tells_good_from_bad():
+    assert allowed(b"515,21", [(515, 21)]) and not allowed(b"515,21", [])
+    assert allowed(b"02/27/17 10:52,1879,54", []) and allowed(b"x,1879,54", [(1879, 54)])
+    assert not allowed(b"02/27/17 10:52,1879,54", [(2, 27)])
+    assert allowed(b"Date/Time, Small, Large", []) and not allowed(b"Unit: DC1100", [(1100, 0)])
+
+
+@pytest.mark.parametrize("path", fixture_params("external/dylos-*.txt"))
+def test_every_real_line_obeys_the_rule_through_the_parser(path: Path):
+    lines = path.read_bytes().split(b"\n")
+    assert lines.pop() == b""  # LF-terminated text
+    assert MARKER not in lines
+    for line in lines:
+        try:
+            got = [pair] if (pair := parse_line(line)) is not None else []
+        except ValueError:
+            got = []
+        got = [p for p in got if max(p) <= dylos_module.DISPLAY_MAX]  # refused whole otherwise
+        assert allowed(line, got), (line, got)
+
+
+@pytest.mark.parametrize("path", fixture_params("external/dylos-*.txt"))
+def test_every_real_line_obeys_the_rule_through_the_pty_with_cr_lf(path: Path, closing):
+    lines = path.read_bytes().split(b"\n")[:-1]
+    sim = closing(SimulatedDylos())
+    sim.replug()  # plugged in, but not started: only what the test injects goes out
+    driver = closing(Dylos(sim.url, read_timeout=0.5))
+    assert sim.inject(b"0,0\r\n")  # the first line after opening is discarded
+    for line in lines:
+        assert sim.inject(line + b"\r\n" + MARKER + b"\r\n")
+        got: list[Pair] = []
+        while not got or got[-1] != (99999.0, 99999.0):
+            readings = driver.read()
+            assert readings, f"no marker after {line!r}"
+            got += pairs_of(readings)
+        pairs = [(int(s), int(lg)) for s, lg in got[:-1]]
+        assert allowed(line, pairs), (line, pairs)
+    refused = [line for line in lines if line.strip() and not PLAIN.fullmatch(line.strip())]
+    assert driver.garbage_lines + driver.implausible // 2 == len(refused)  # each one counted
+
+
+# --- lines made up from the weather ---------------------------------------------------------
+
+LINE = re.compile(rb"(\d+),(\d+)\r\n")
+
+
+def test_default_simulator_sends_dc1100_lines_made_up_from_the_weather(closing):
+    sim = closing(SimulatedDylos(speedup=FAST).start())
+    with open(sim.url, "rb", buffering=0) as port:
+        received = b""
+        while received.count(b"\n") < 200:
+            received += os.read(port.fileno(), 4096)
+    lines = received.split(b"\n")[:200]
+    matches = [LINE.fullmatch(line + b"\n") for line in lines]
+    assert all(matches), [line for line, m in zip(lines, matches, strict=True) if not m][:3]
+    pairs = [(int(m[1]), int(m[2])) for m in matches if m]
+    assert pairs == sim.written[:200]
+    assert all(small >= large >= 0 for small, large in pairs)
+    assert all(100 <= small <= 5000 and 1 <= large <= 500 for small, large in pairs)
+    assert len(set(pairs)) > 150  # noise: lines differ
+
+
+def test_made_up_counts_are_a_function_of_time_and_seed():
+    times = [1_700_000_000 + 61.5 * i for i in range(50)]
+
+    def counts(seed: int) -> list[tuple[int, int]]:
+        particles = Particles(Weather(seed=seed))
+        return [particles.at(t) for t in times]
+
+    assert counts(7) == counts(7)
+    assert counts(7) != counts(8)
+
+
+def test_two_simulators_with_one_seed_and_clock_send_the_same_lines(closing):
+    def first_lines(seed: int) -> list[tuple[int, int]]:
+        clock = iter(1_700_000_000 + 60.0 * i for i in range(10_000))
+        weather = Weather(seed=seed)
+        sim = closing(SimulatedDylos(weather=weather, clock=lambda: next(clock), speedup=FAST))
+        sim.start()
+        driver = closing(Dylos(sim.url, read_timeout=0.2))
+        collect(driver, 30)
+        sim.stop()
+        return sim.written[:30]
+
+    assert first_lines(3) == first_lines(3)
+    assert first_lines(3) != first_lines(4)
+
+
+def test_made_up_counts_rise_with_humidity_and_at_night():
+    day = 1_700_006_400  # a UNIX time at 00:00 (local solar time of the weather model)
+    assert day % 86400 == 0
+    particles = Particles(Weather(seed=1))
+
+    def mean_small(hour: float, weather: Weather | None = None) -> float:
+        model = Particles(weather) if weather else particles
+        values = [model.at(day + hour * 3600 + 7 * i)[0] for i in range(200)]
+        return sum(values) / len(values)
+
+    assert mean_small(4) > 1.8 * mean_small(16)  # humid night vs dry afternoon
+    humid, dry = Weather(humidity=90, humidity_swing=0), Weather(humidity=50, humidity_swing=0)
+    assert mean_small(12, humid) > 2 * mean_small(12, dry)  # same hour, more water
+
+
+def test_made_up_counts_have_the_magnitudes_of_a_real_capture():
+    particles = Particles(Weather(seed=2))
+    pairs = [particles.at(1_700_000_000 + 97.3 * i) for i in range(3000)]  # about 3.4 days
+    small = sorted(p[0] for p in pairs)
+    large = sorted(p[1] for p in pairs)
+    assert 100 <= small[0] and small[-1] <= 5000 and small[len(small) // 2] >= 300
+    assert 1 <= large[0] and large[-1] <= 500 and 10 <= large[len(large) // 2] <= 200
+    assert all(s >= lg for s, lg in pairs)
 
 
 def test_field_names_come_from_the_factory(closing):
@@ -269,6 +427,31 @@ def test_garbage_lines_are_ignored_counted_and_warned_with_the_line_and_port(loo
         assert repr(bad) in message and "loop://" in message
 
 
+def test_a_line_with_a_count_beyond_the_display_is_refused_whole_and_counted(loop, caplog):
+    data = b"0,0\r\n100000,5\r\n515,21\r\n5,100000\r\n99999,99999\r\n"
+    assert feed(loop, data) == [(515.0, 21.0), (99999.0, 99999.0)]  # neither 5 nor 100000 kept
+    assert loop.implausible == 4  # both values of each refused line
+    assert loop.garbage_lines == 0
+    warned = warnings_of(caplog)
+    assert len(warned) == 2  # one per kind: the small count, the large count
+    assert "b'100000,5'" in warned[0] and "the small count" in warned[0] and "loop://" in warned[0]
+    assert "b'5,100000'" in warned[1] and "the large count" in warned[1]
+    assert all("neither count is kept" in w for w in warned)
+
+
+def test_refused_lines_are_said_once_per_kind_but_all_counted(loop, caplog):
+    feed(loop, b"0,0\r\n" + b"100000,5\r\n" * 30 + b"123456,654321\r\n" * 3)
+    assert loop.implausible == 2 * 33
+    warned = warnings_of(caplog)
+    assert len(warned) == 2 and "the small and large counts are" in warned[1]
+
+
+def test_a_refused_line_in_mass_mode_gives_no_mass_either(closing):
+    loop = closing(Dylos("loop://", read_timeout=0.05, mass=True))
+    assert feed(loop, b"0,0\r\n100000,5\r\n") == []
+    assert loop.implausible == 2
+
+
 def test_garbage_warnings_are_throttled_but_all_counted(loop, caplog):
     feed(loop, b"0,0\r\n" + b"ERR\r\n" * 250)
     assert loop.garbage_lines == 250
@@ -316,6 +499,8 @@ def test_parse_line_takes_two_non_negative_integers():
 def test_unknown_backend_names_the_key_and_the_allowed_values():
     with pytest.raises(ValueError, match=r"\[dylos\] backend: 'usb' is not one of: hardware"):
         open_dylos("usb")
+    with pytest.raises(OptionError, match=r"^kit\.ini \[dylos\] backend"):  # a SensorError
+        open_dylos("usb", config_file="kit.ini")
 
 
 def test_bad_replay_file_is_a_clear_error(tmp_path):
@@ -327,7 +512,7 @@ def test_bad_replay_file_is_a_clear_error(tmp_path):
         open_dylos("simulated", replay=str(bad))
 
 
-def test_replay_file_is_played_instead_of_the_capture(closing, tmp_path):
+def test_replay_file_is_played_instead_of_the_made_up_lines(closing, tmp_path):
     replay = tmp_path / "replay.txt"
     replay.write_bytes(b"1,2\r\n3,4\r\n5,6\r\n")
     driver = closing(open_dylos("simulated", replay=str(replay), speedup=FAST))
@@ -367,6 +552,6 @@ def test_list_serial_ports_runs_on_this_machine():
     assert isinstance(ports, list) and all(isinstance(p, str) for p in ports)
 
 
-def test_shipped_capture_is_400_crlf_lines():
-    data = Path(CAPTURE).read_bytes()
+def test_real_dc1100_capture_is_400_crlf_lines():
+    data = Path(fixture(CAPTURE)).read_bytes()
     assert data.count(b"\r\n") == data.count(b"\n") == 400 == len(capture_pairs())

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
-from test_agent_run import ALL_SIMULATED, kit_ini
+from conftest import ROOT, run_sensorkit
+from test_agent_run import ALL_SIMULATED, kit_ini, telegrams
 
-import agent.runner
 from agent.config import load
 from agent.console import ConsoleOutput
 from agent.runner import Agent
 from agent.sensors import open_sensor
-from drivers.bme280 import open_bme280
-from drivers.dylos import Dylos, counts_to_mass
+from drivers.dylos import counts_to_mass
 from drivers.sim.bme280 import SimulatedBME280Chip, SimulatedI2CBus
 from drivers.sim.dylos import SimulatedDylos
 
 
-def run_in_process(settings, tmp_path, seconds, during=None):
-    agent = Agent(settings, [ConsoleOutput(str(tmp_path / "telegrams.jsonl"))])
+def run_in_process(settings, tmp_path, seconds, during=None, transports=None):
+    agent = Agent(settings, [ConsoleOutput(str(tmp_path / "telegrams.jsonl"))], transports)
     threading.Timer(seconds, agent.stop.set).start()
     if during:
         threading.Thread(target=during, args=(agent,), daemon=True).start()
@@ -42,30 +45,21 @@ def run_in_process(settings, tmp_path, seconds, during=None):
         (0x42, "0x42"),
     ],
 )
-def test_bme280_fault_and_dylos_unplug_leave_the_dht22_flowing(
-    tmp_path, monkeypatch, chip, message
-):
+def test_bme280_fault_and_dylos_unplug_leave_the_dht22_flowing(tmp_path, chip, message):
     sim = SimulatedDylos(speedup=300).start()
-
-    def fake_open(sensor_settings, weather):
-        if sensor_settings.name == "bme280":
-            bus = SimulatedI2CBus()
-            if chip is not None:
-                bus.attach(0x76, SimulatedBME280Chip(chip_id=chip))
-            return open_bme280("simulated", address=0x76, i2c=bus)
-        if sensor_settings.name == "dylos":
-            return Dylos(sim.url, read_timeout=0.3, retry_base=0.2, retry_cap=0.5)
-        return open_sensor(sensor_settings, weather)
-
-    monkeypatch.setattr(agent.runner, "open_sensor", fake_open)
-    settings = load(kit_ini(tmp_path, ALL_SIMULATED))
+    bus = SimulatedI2CBus()
+    if chip is not None:
+        bus.attach(0x76, SimulatedBME280Chip(chip_id=chip))
+    body = ALL_SIMULATED.replace("[bme280]\n", "[bme280]\naddress = 0x76\n")
+    settings = load(kit_ini(tmp_path, body))
 
     def unplug_dylos(_agent):
         time.sleep(2.5)
         sim.unplug()
 
     try:
-        kit, data = run_in_process(settings, tmp_path, 8, during=unplug_dylos)
+        transports = {"dylos": sim, "bme280": bus}
+        kit, data = run_in_process(settings, tmp_path, 8, unplug_dylos, transports)
         status = kit.status()["sensors"]
     finally:
         sim.stop()
@@ -94,7 +88,7 @@ def test_dylos_count_to_mass_is_off_by_default_and_documented_when_on(tmp_path):
     finally:
         sensor.close()
     pm25, pm10 = (r.value for r in readings)
-    assert 0 < pm25 < pm10 < 200  # the capture's counts are ordinary indoor air
+    assert 0 < pm25 < pm10 < 200  # the made-up counts are those of ordinary indoor air
 
 
 def test_counts_to_mass_follows_the_spherical_particle_formula():
@@ -107,3 +101,47 @@ def test_counts_to_mass_follows_the_spherical_particle_formula():
         62 * 3531.47 * 1.65e12 * 4 / 3 * 3.14159265 * 2.6e-6**3, rel=1e-4
     )
     assert counts_to_mass(10, 20)[0] == 0.0  # more large than small: no negative mass
+
+
+def test_a_dylos_line_with_one_implausible_count_is_dropped_whole_and_shown_in_status(tmp_path):
+    replay = tmp_path / "lines.txt"
+    replay.write_bytes(b"515,21\r\n100000,5\r\n")  # the DC1100 cannot show 100000
+    body = f"[dylos]\nenabled = yes\nbackend = simulated\nspeedup = 600\nreplay = {replay}\n"
+    ini = kit_ini(tmp_path, body)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "-c", str(ini)],  # stopped by SIGTERM below
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        shown = ""
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline and not re.search(r"implausible +\d+", shown):
+            time.sleep(0.5)
+            shown = run_sensorkit("status", "-c", str(ini)).stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    dylos = shown.split("sensor dylos:", 1)[1]
+    dropped = int(re.search(r"implausible +(\d+) readings dropped", dylos)[1])
+    assert dropped >= 2 and dropped % 2 == 0  # both values of each refused line
+    assert stderr.count("refused line b'100000,5'") == 1, stderr
+    data = [t["data"] for t in telegrams(tmp_path / "telegrams.jsonl") if "data" in t]
+    assert data and all(d == {"time": d["time"], "pm_25": 515.0, "pm_10": 21.0} for d in data)
+
+
+def test_a_calibration_that_overflows_drops_its_field_and_never_gives_a_traceback(tmp_path):
+    body = ALL_SIMULATED + "calibration.hpa = 1e308 1e308\n"  # bme280 is the last section
+    ini = kit_ini(tmp_path, body)
+    done = run_sensorkit("run", "-c", str(ini), "--duration", "4", timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "StatisticsError" not in done.stderr
+    said = [line for line in done.stderr.splitlines() if "calibration.hpa = 1e+308" in line]
+    assert len(said) == 1 and f"{ini} [bme280]" in said[0], done.stderr
+    data = [t["data"] for t in telegrams(tmp_path / "telegrams.jsonl") if "data" in t]
+    assert len(data) >= 2
+    assert not any("hpa" in d for d in data)
+    assert sum("temp" in d and "rh" in d for d in data) >= 2  # its other fields still go out
