@@ -89,6 +89,7 @@ class Request:
     out_dir: Path | None = None  # --kits: one <database>/agent.ini each
     template: str = field(default="", repr=False)  # the agent.ini text to start from
     timeout: float = 30.0
+    ca_file: str = ""  # for provision's own HTTPS connection
 
     def user_of(self, kit: Kit) -> str:
         return self.user or kit.database
@@ -144,8 +145,9 @@ class Server:
     """The admin's view of one server: SHOW results read once (again after any change),
     statements run, and every message cleaned of the passwords it must never show."""
 
-    def __init__(self, client: InfluxClient, hidden: list[str]) -> None:
+    def __init__(self, client: InfluxClient, hidden: list[str], ca_file: str = "") -> None:
         self.client = client
+        self.ca_file = ca_file
         self.hidden = hidden
         self._cache: dict[str, object] = {}
 
@@ -223,7 +225,9 @@ class Server:
 
     def login_works(self, user: str, password: str) -> bool:
         """Whether the server takes ``password`` for ``user`` (a read-only query as them)."""
-        client = InfluxClient(self.client.url, user, password, self.client.timeout)
+        client = InfluxClient(
+            self.client.url, user, password, self.client.timeout, ca_file=self.ca_file
+        )
         try:
             run_statement(client, "SHOW DATABASES", f"logging in as {user!r}")
         except InfluxError as err:
@@ -257,14 +261,20 @@ class Server:
 
 def connect(request: Request, admin_password: str, warn: Callable[[str], None]) -> Server:
     """The server as the admin, after one query that tells apart every way it can fail."""
-    client = InfluxClient(request.url, request.admin_user, admin_password, request.timeout)
+    client = InfluxClient(
+        request.url, request.admin_user, admin_password, request.timeout, ca_file=request.ca_file
+    )
     admin = request.admin_user
     try:
         run_statement(client, "SHOW USERS", "listing users")
     except InfluxError as err:
         client.close()
         if err.status is None:
-            raise ProvisionError(f"{err}; check --url") from None
+            message = str(err).replace(
+                "set [influx] ca_file, or tls_verify = no to turn checking off",
+                "pass --ca-file with the certificate of the CA that signed the server's",
+            )
+            raise ProvisionError(f"{message}; check --url") from None
         if err.status == 401:
             raise ProvisionError(
                 f"InfluxDB at {request.url} refused admin user {admin!r} (401 "
@@ -278,7 +288,7 @@ def connect(request: Request, admin_password: str, warn: Callable[[str], None]) 
                 "--admin-user with an admin's name"
             ) from None
         raise ProvisionError(str(err).replace(admin_password, MASK)) from None
-    anonymous = InfluxClient(request.url, timeout=request.timeout)
+    anonymous = InfluxClient(request.url, timeout=request.timeout, ca_file=request.ca_file)
     try:
         run_statement(anonymous, "SHOW DATABASES", "listing databases without a user")
         warn(
@@ -290,7 +300,7 @@ def connect(request: Request, admin_password: str, warn: Callable[[str], None]) 
         pass  # 401: auth is on, as it should be
     finally:
         anonymous.close()
-    return Server(client, [admin_password])
+    return Server(client, [admin_password], request.ca_file)
 
 
 # -- planning ----------------------------------------------------------------------------
@@ -493,12 +503,7 @@ def _password_file_items(
             content = with_password(keeper.text, password)
             state = "password replaced, all else kept"
         else:
-            content = render(
-                request.template,
-                kit,
-                KitCredentials(request.url, kit.database, request.user_of(kit), password),
-            )
-            check_ini(content, kit)
+            content = kit_ini(request, kit, password)
             state = "written (mode 0600)"
     else:
         content, state = password + "\n", "written (mode 0600)"
@@ -511,6 +516,17 @@ def _password_file_items(
             (Action(shown, path=keeper.path, content=content),),
         )
     ]
+
+
+def kit_ini(request: Request, kit: Kit, password: str) -> str:
+    """The kit's agent.ini from the template, loaded once as the agent would to be sure."""
+    credentials = KitCredentials(request.url, kit.database, request.user_of(kit), password)
+    try:
+        content = render(request.template, kit, credentials)
+    except KeyError as err:
+        raise ProvisionError(f"--template: {err.args[0]}; pass the shipped agent.ini", 2) from None
+    check_ini(content, kit)
+    return content
 
 
 def check_ini(content: str, kit: Kit) -> None:
@@ -855,6 +871,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="print the InfluxQL that would run (passwords masked); change nothing",
     )
     p.add_argument(
+        "--ca-file",
+        default="",
+        metavar="FILE",
+        help="CA certificate to check an https:// server with (for this command; a kit's "
+        "agent.ini has its own [influx] ca_file)",
+    )
+    p.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for each answer (default 30)"
     )
 
@@ -929,7 +952,10 @@ def request_from(args: argparse.Namespace) -> tuple[Request, list[Kit]]:
         out_dir=out_dir,
         template=template,
         timeout=args.timeout,
+        ca_file=args.ca_file,
     )
+    if request.out_dir is not None:  # a template the agent would refuse: say so before anything
+        kit_ini(request, kits[0], MASK)
     return request, kits
 
 

@@ -578,6 +578,75 @@ def test_a_kit_whose_user_exists_without_a_known_password_fails_alone(server, tm
     assert read_as(server, ("Lost_k2", settings.influx.password), "", "SHOW DATABASES") == ""
 
 
+def test_rotating_a_kits_password_rewrites_only_its_line_and_a_changed_row_is_told(
+    server, tmp_path
+):
+    kits = tmp_path / "kits.csv"
+    kits.write_text("project,serial,label,geolocation\nTurn,k1,old,\n")
+    out = tmp_path / "out"
+    assert provision(server, "--kits", str(kits), "--out", str(out)).returncode == 0
+    ini = out / "Turn_k1" / "agent.ini"
+    before = ini.read_text()
+    old = load(ini).influx.password
+    kits.write_text("project,serial,label,geolocation\nTurn,k1,new,\n")
+    done = run_sensorkit(
+        "-v",
+        "provision",
+        "--url",
+        server.url,
+        "--kits",
+        str(kits),
+        "--out",
+        str(out),
+        "--rotate-password",
+        env={ADMIN_ENV: server.admin[1]},
+    )
+    assert done.returncode == 0, done.stderr
+    new = load(ini).influx.password
+    assert new != old
+    changed = [
+        (a, b)
+        for a, b in zip(before.splitlines(), ini.read_text().splitlines(), strict=True)
+        if a != b
+    ]
+    assert changed == [(f"password = {old}", f"password = {new}")]
+    assert stat.S_IMODE(ini.stat().st_mode) == 0o600
+    assert old not in done.stdout + done.stderr and new not in done.stdout + done.stderr
+    assert read_as(server, ("Turn_k1", old), "", "SHOW DATABASES") == "authorization failed"
+    assert read_as(server, ("Turn_k1", new), "", "SHOW DATABASES") == ""
+    [warning] = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert "[kit] label is 'old', not 'new'" in warning and "delete the file" in warning
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--kits", "k.csv", "--project", "A"],
+            "--kits takes every kit from the file; leave out --project",
+        ),
+        (["--kits", "k.csv", "--password-file", "p"], "leave out --password-file"),
+        (["--project", "A"], "give --project and --serial (one kit), or --kits FILE"),
+        (["--project", "A", "--serial", "b", "--user", "a:b"], "--user 'a:b' holds ':'"),
+        (["--project", "A", "--serial", "b", "--geolocation", "north"], "geolocation 'north'"),
+    ],
+)
+def test_options_that_do_not_go_together_are_bad_usage(server, tmp_path, args, expected):
+    (tmp_path / "k.csv").write_text("project,serial,label,geolocation\nA,b,,\n")
+    environment = {ADMIN_ENV: server.admin[1]}
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "provision", "--url", server.url, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **environment, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 2
+    assert expected in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
@@ -694,6 +763,20 @@ def test_no_admin_password_and_no_terminal_is_bad_usage(server):
     assert f"no password for admin 'admin': type it at the prompt or set ${ADMIN_ENV}" in (
         done.stderr
     )
+
+
+def test_a_template_without_an_influx_section_is_refused_before_anything(server, tmp_path):
+    kits = tmp_path / "kits.csv"
+    kits.write_text("project,serial,label,geolocation\nNoSec,k1,,\n")
+    template = tmp_path / "template.ini"
+    template.write_text("[kit]\nproject = x\n")
+    before = snapshot(server)
+    done = provision(
+        server, "--kits", str(kits), "--out", str(tmp_path / "out"), "--template", str(template)
+    )
+    assert done.returncode == 2
+    assert "--template: the template has no [dylos] section" in done.stderr
+    assert snapshot(server) == before
 
 
 def test_an_agent_ini_that_would_not_load_is_named_not_a_traceback(server, tmp_path):
