@@ -397,6 +397,12 @@ def _resend(settings: Settings, held: dict, release) -> int:
     return 0 if resent_all == total else 1
 
 
+def cmd_provision(args: argparse.Namespace) -> int:
+    from agent.provision import main as provision
+
+    return provision(args)
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     from agent.probe import probe
 
@@ -445,6 +451,16 @@ def parser() -> argparse.ArgumentParser:
     quarantine.set_defaults(func=cmd_quarantine)
     probe = command("probe", "detect connected sensors and say what to put in agent.ini")
     probe.set_defaults(func=cmd_probe)
+    from agent.provision import add_arguments as provision_arguments
+
+    provision = sub.add_parser(
+        "provision",
+        help="set up kits on an InfluxDB server: database, user, grant, retention, means",
+        description="set up kits on an InfluxDB 1.x server: database, user, grant, "
+        "retention and means (see README.md, Running the server)",
+    )
+    provision_arguments(provision)
+    provision.set_defaults(func=cmd_provision)
     return top
 
 

@@ -270,3 +270,49 @@ def _reason(err: BaseException) -> str:
     if isinstance(err, ConnectionRefusedError):
         return "connection refused (is influxd running?)"
     return str(err) or type(err).__name__
+
+
+# -- for provisioning (agent/provision.py): literals, and statements sent in the body ---------
+
+
+def quote_literal(text: str) -> str:
+    """An InfluxQL string literal in single quotes (a password in CREATE USER).
+
+    Escapes what influxql's scanner reads as escapes (backslash, quote) and writes a line
+    break as ``\\n``, as influxql.QuoteString does, so the literal always ends where it should.
+    """
+    escaped = text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
+    return f"'{escaped}'"
+
+
+def run_statement(client: InfluxClient, statement: str, doing: str) -> list[dict]:
+    """Run InfluxQL sent in a form body, never in the URL (servers and proxies log URLs).
+
+    Errors name ``doing`` ("creating user 'x'"), never the statement: it may hold a password.
+    """
+    body = urllib.parse.urlencode({"q": statement}).encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    answer = client.request("POST", "/query", {"epoch": "s"}, body, headers)
+    said = answer.server_message()
+    if answer.status != 200:
+        raise InfluxError(
+            f"InfluxDB at {client.url} answered {answer.status} while {doing}: {said}",
+            answer.status,
+            said,
+        )
+    try:
+        results = json.loads(answer.body).get("results", [])
+    except (ValueError, AttributeError):
+        raise InfluxError(
+            f"InfluxDB at {client.url} gave an answer that is not InfluxDB's JSON while {doing}",
+            answer.status,
+            said,
+        ) from None
+    for result in results:
+        if "error" in result:
+            raise InfluxError(
+                f"InfluxDB at {client.url} refused {doing}: {result['error']}",
+                answer.status,
+                str(result["error"]),
+            )
+    return results

@@ -33,9 +33,14 @@ class InfluxServer:
     """``influxd`` with its own meta, data and WAL dirs and its own HTTP and RPC ports."""
 
     def __init__(
-        self, auth: bool = False, max_body_size: int = 0, tls: tuple[Path, Path] | None = None
+        self,
+        auth: bool = False,
+        max_body_size: int = 0,
+        tls: tuple[Path, Path] | None = None,
+        continuous_queries: bool = False,
     ) -> None:
         self.tls = tls  # (certificate, private key): serve HTTPS
+        self.continuous_queries = continuous_queries  # run CQs (influxd checks every 1 s)
         self.auth = auth
         self.max_body_size = max_body_size
         self.root = Path(tempfile.mkdtemp(prefix="sensorkit-influxd-"))
@@ -65,7 +70,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
   log-enabled = false
   max-body-size = {self.max_body_size or 25000000}
 {self._tls_config()}[continuous_queries]
-  enabled = false
+  enabled = {"true" if self.continuous_queries else "false"}
 """
 
     def _tls_config(self) -> str:
