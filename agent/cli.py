@@ -298,7 +298,10 @@ def _report(settings, outputs, finals, before, files, stalled: str) -> bool:
             f"{output.name} {stats.url}: {queue.delivered - before[output.name]} points delivered"
         )
         if stats.lost:
-            line += f", {stats.lost} LOST: the disk refused to queue them"
+            line += (
+                f", {stats.lost} LOST: the disk refused to queue them (they are still in "
+                "the files: publish them again once the disk has room)"
+            )
             ok = False
         if queue.quarantined:
             line += (

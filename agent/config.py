@@ -16,7 +16,9 @@ import logging
 import math
 import os
 import re
+import ssl
 import stat
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,8 +363,11 @@ def _influx(s: _Section, path: Path) -> InfluxSettings:
             "https://..., "
             "with the credentials in username and password (or password_file)",
         )
-    if not re.match(r"^https?://[^/\s]+\S*$", url):
-        raise s.fail("url", f"{url!r} is not allowed; allowed: http://host:port or https://...")
+    if not re.match(r"^https?://[^/\s]+\S*$", url) or _url_problem(url):
+        why = f" ({_url_problem(url)})" if _url_problem(url) else ""
+        raise s.fail(
+            "url", f"{url!r} is not allowed{why}; allowed: http://host:port or https://host:port"
+        )
     password = s.raw("password") or ""
     password_file = s.text("password_file")
     if password and password_file:
@@ -395,7 +400,7 @@ def _influx(s: _Section, path: Path) -> InfluxSettings:
         password=password,
         timeout=s.number("timeout", 10.0, float, 0.1, 600, "seconds"),
         tls_verify=s.flag("tls_verify", True),
-        ca_file=s.text("ca_file"),
+        ca_file=_ca_file(s, path.resolve().parent, url),
         create_database=s.flag("create_database", True),
         batch_size=s.number("batch_size", 5000, int, 1, 100000, "points"),
         batch_kb=s.number("batch_kb", 4096, int, 1, 1_000_000, "KiB"),
@@ -404,6 +409,43 @@ def _influx(s: _Section, path: Path) -> InfluxSettings:
         queue_max_mb=s.number("queue_max_mb", 64.0, float, 0.01, 1_000_000, "MB"),
         retry_max=s.number("retry_max", 60.0, float, 1, 86400, "seconds"),
     )
+
+
+def _url_problem(url: str) -> str:
+    """Why ``url`` cannot be connected to (a bad port, an unclosed IPv6 bracket), or ""."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as err:
+        return str(err)
+    if not parts.hostname:
+        return "no host"
+    if port == 0:
+        return "port 0"
+    return ""
+
+
+def _ca_file(s: _Section, base: Path, url: str) -> str:
+    """``ca_file`` made absolute and checked: an HTTPS server's CA certificate, in PEM."""
+    value = s.text("ca_file")
+    if not value:
+        return ""
+    path = base / value
+    if not path.is_file():
+        raise s.fail(
+            "ca_file",
+            f"{path} is not a file; allowed: the PEM certificate of the CA that signed the "
+            "server's certificate",
+        )
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, OSError) as err:
+        raise s.fail(
+            "ca_file", f"{path} holds no usable certificate ({err}); allowed: a PEM file"
+        ) from None
+    if not url.startswith("https://"):
+        log.warning("%s [influx] ca_file is set but url %s is not https://", s.path, url)
+    return str(path)
 
 
 def _warn_if_readable(path: Path, key: str) -> None:

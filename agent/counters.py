@@ -65,6 +65,10 @@ class Counters:
             self._generation, self._values = 0, {}
         self.dirty = False
         self.failed = ""  # why the last flush failed ("" when it worked)
+        try:  # allocated now, while there is room: later writes then need none
+            self._open()
+        except OSError:
+            pass  # tried again at the first flush
 
     def get(self, key: str, default: object = None) -> object:
         with self._lock:

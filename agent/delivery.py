@@ -168,7 +168,11 @@ class Delivery:
                 state.lost += len(points)
                 self.counters.set("lost", state.lost)
                 if not state.losing:
-                    log.error("%s; %d points lost (see `sensorkit status`)", err, state.lost)
+                    log.error(
+                        "%s; %d points lost (see `sensorkit status`)",
+                        err.strerror or err,
+                        state.lost,
+                    )
                 state.losing = True
             self.counters.flush(durable=True)
             return False

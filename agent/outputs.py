@@ -88,7 +88,7 @@ def open_outputs(settings: Settings, queue_name: str, database: str = "") -> lis
     outputs: list[Output] = []
     if settings.console.enabled:
         try:
-            outputs.append(ConsoleOutput(settings.console.file))
+            outputs.append(ConsoleOutput(settings.console.file, f"{settings.path} [console] file"))
         except OSError as err:
             raise ConfigError(
                 f"{settings.path} [console] file: cannot open {settings.console.file} "

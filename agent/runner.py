@@ -21,9 +21,10 @@ from pathlib import Path
 from agent import __version__
 from agent.aggregator import Aggregator, SensorFields, build_ident
 from agent.config import ConfigError, SensorSettings, Settings
+from agent.errors import SensorkitError
 from agent.outputs import Output, Queued
 from agent.sensors import open_sensor
-from agent.status import snapshot_path, write_snapshot
+from agent.status import runtime_path, snapshot_path, write_snapshot
 from agent.telegram import Ident, Telegram
 from agent.windowlog import WindowLog
 from drivers.reading import Reading, Sensor, SensorError
@@ -173,11 +174,12 @@ class Agent:
         self.stop = threading.Event()
         self.loops = [SensorLoop(settings, s, self) for s in enabled]
         self._ident: Ident | None = None
+        self._output_errors: dict[str, str] = {}
         self._snapshot = snapshot_path(settings.kit.state_dir)
         self._last_end = 0
         self._window_lock = threading.Lock()
         try:
-            self._window_log = WindowLog(settings.kit.state_dir / "window.log")
+            self._window_log = WindowLog(runtime_path(settings.kit.state_dir, "window.log"))
         except OSError as err:
             raise ConfigError(
                 f"{settings.path} [kit] state_dir: cannot write {settings.kit.state_dir} "
@@ -269,8 +271,16 @@ class Agent:
         for output in self.outputs:
             try:
                 output.send(telegram)
-            except Exception:  # one broken output must not stop the others
+            except SensorkitError as err:  # said once per change; the other outputs go on
+                if self._output_errors.get(output.name) != str(err):
+                    log.error("output %s could not take a telegram: %s", output.name, err)
+                self._output_errors[output.name] = str(err)
+                continue
+            except Exception:  # a bug in one output must not stop the others
                 log.exception("output %s could not take a telegram", output.name)
+                continue
+            if self._output_errors.pop(output.name, None):
+                log.info("output %s takes telegrams again", output.name)
 
     def status(self) -> dict[str, object]:
         sensors = {}

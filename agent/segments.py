@@ -126,7 +126,8 @@ def header(data, offset: int) -> Frame | Trailer | None:
 
 
 def check(data, frame: Frame) -> Frame | None:
-    """The frame with its damaged lines in ``bad``; None when its lines are not whole."""
+    """The frame with its damaged lines in ``bad``; None when its lines are not whole, or
+    none of them checks (its frame line is what is damaged: its numbers cannot be trusted)."""
     lines = bytes(data[frame.body : frame.stop])
     if not lines.endswith(b"\n") or lines.count(b"\n") != frame.count:
         return None
@@ -137,6 +138,8 @@ def check(data, frame: Frame) -> Frame | None:
         for i, (line, crc) in enumerate(zip(lines.split(b"\n"), crcs, strict=False))
         if _line_crc(base, frame.seq + i, line) != int(crc, 16)
     )
+    if len(bad) == frame.count:
+        return None
     return frame._replace(bad=bad) if bad else frame
 
 

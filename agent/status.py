@@ -30,13 +30,19 @@ def queue_names(state_dir: Path) -> list[str]:
     return sorted(names)
 
 
-def snapshot_path(state_dir: Path) -> Path:
-    """Where the agent with this ``state_dir`` writes its status snapshot."""
+def runtime_path(state_dir: Path, name: str) -> Path:
+    """A file of the agent with this ``state_dir`` that lives in RAM when it can: it
+    survives the process (kill -9) but costs the SD card nothing (and goes with a reboot)."""
     digest = hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:10]
     for directory in (Path("/run/sensorkit"), Path("/dev/shm")):
         if directory.is_dir() and os.access(directory, os.W_OK):
-            return directory / f"sensorkit-{digest}.json"
-    return state_dir / "status.json"
+            return directory / f"sensorkit-{digest}-{name}"
+    return state_dir / name
+
+
+def snapshot_path(state_dir: Path) -> Path:
+    """Where the agent with this ``state_dir`` writes its status snapshot."""
+    return runtime_path(state_dir, "status.json")
 
 
 def write_snapshot(path: Path, status: dict[str, object]) -> None:

@@ -1,9 +1,11 @@
 """The readings of the window being averaged, on disk, so ``kill -9`` does not lose them.
 
-Each accepted reading is one ``write()`` of a short text line to ``<state_dir>/window.log``;
-the file is emptied when the window's telegram has been handed to the outputs. Emptied well
-before the kernel writes it back, it costs the SD card nothing; after a crash the agent reads
-it back and sends that window's telegram late rather than never.
+Each accepted reading is one ``write()`` of a short text line to the window log, kept in RAM
+(``/run/sensorkit`` or ``/dev/shm``, see :func:`agent.status.runtime_path`), so it costs the
+SD card nothing however long the window; the file is emptied when the window's telegram has
+been handed to the outputs. After a crash or ``kill -9`` the agent reads it back and sends
+that window's telegram late rather than never. A power cut loses it with the RAM: at most one
+window, as the queue's own flush interval bounds what a power cut costs it.
 """
 
 from __future__ import annotations
@@ -33,9 +35,8 @@ class WindowLog:
             try:
                 name, value, stamp = line.split("\t")
                 readings.append(Reading(name, float(value), float(stamp)))
-            except ValueError:  # a line torn by the crash: everything before it is good
-                log.warning("%s line %d is torn; the readings after it are lost", self.path, number)
-                break
+            except ValueError:  # a line torn by the crash: only that reading is lost
+                log.warning("%s line %d is torn; that reading is lost", self.path, number)
         return readings
 
     def append(self, readings: Iterable[Reading]) -> None:

@@ -38,7 +38,8 @@ class FlakyProxy:
 
     ``failures`` items are a status, or ``(status, headers)``. ``upstream`` is a real server's
     URL; without one, requests after the script get 204 (and ``/query`` an empty result).
-    ``write_delay`` seconds are slept before each forwarded ``/write``.
+    ``write_delay`` seconds are slept before each forwarded ``/write``. With ``only``, the
+    scripted errors answer requests to those paths alone (e.g. ``("/write",)``).
     """
 
     def __init__(
@@ -46,8 +47,10 @@ class FlakyProxy:
         failures: list[int | tuple[int, dict[str, str]]] = (),  # type: ignore[assignment]
         upstream: str | None = None,
         write_delay: float = 0.0,
+        only: tuple[str, ...] | None = None,
     ) -> None:
         self.failures = list(failures)
+        self.only = only
         self.upstream = urllib.parse.urlsplit(upstream) if upstream else None
         self.write_delay = write_delay
         self.seen: list[Seen] = []
@@ -93,7 +96,9 @@ class FlakyProxy:
         parts = urllib.parse.urlsplit(handler.path)
         params = dict(urllib.parse.parse_qsl(parts.query))
         with self._lock:
-            scripted = self.failures.pop(0) if self.failures else None
+            scripted = None
+            if self.failures and (self.only is None or parts.path in self.only):
+                scripted = self.failures.pop(0)
             if parts.path == "/write":
                 self.writes_in_flight += 1
                 self.writes_started += 1
@@ -205,3 +210,55 @@ class SilentServer:
                 conn.close()
             except OSError:
                 pass
+
+
+class TruncatingServer:
+    """Answers each request with ``replies`` in turn: raw bytes, then the connection closes.
+
+    For what no real server does: a reply cut off mid-headers (``HTTP/1.1 204 No Content\r\n``
+    and no blank line), which a careless client takes for a successful write.
+    """
+
+    def __init__(self, replies: list[bytes]) -> None:
+        self.replies = list(replies)
+        self.requests: list[bytes] = []
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def start(self) -> TruncatingServer:
+        self._thread.start()
+        return self
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                request = b""
+                try:
+                    while b"\r\n\r\n" not in request:
+                        request += conn.recv(65536)
+                    head, _, body = request.partition(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n"):
+                        if line.lower().startswith(b"content-length:"):
+                            length = int(line.split(b":")[1])
+                    while len(body) < length:
+                        body += conn.recv(65536)
+                except OSError:
+                    continue
+                self.requests.append(head)
+                reply = self.replies.pop(0) if self.replies else b"HTTP/1.1 500 Oops\r\n\r\n"
+                try:
+                    conn.sendall(reply)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self._sock.close()

@@ -17,6 +17,7 @@ from agent.aggregator import robust_mean
 from agent.config import load
 from agent.console import ConsoleOutput
 from agent.runner import Agent
+from agent.status import runtime_path
 from drivers.sim.dylos import SimulatedDylos
 
 
@@ -199,7 +200,7 @@ def test_readings_of_a_window_cut_by_kill_9_are_sent_after_the_restart(tmp_path)
     time.sleep(3.5)
     proc.kill()
     proc.wait(timeout=10)
-    logged = (tmp_path / "state" / "window.log").read_text().splitlines()
+    logged = runtime_path(tmp_path / "state", "window.log").read_text().splitlines()
     pm25 = [float(line.split("\t")[1]) for line in logged if line.startswith("pm_25\t")]
     assert len(pm25) >= 10, logged
     before = [t["data"] for t in telegrams(tmp_path / "telegrams.jsonl") if "data" in t]

@@ -344,3 +344,36 @@ def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path):
     path = tmp_path / "agent.ini"
     path.write_bytes("\ufeff[kit]\nproject = BdP\nlabel = Grüße\n".encode())
     assert load(path).kit.label == "Grüße"
+
+
+@pytest.mark.parametrize(
+    "influx, console, key, says",
+    [
+        ("url = http://127.0.0.1:99999", "", "[influx] url", "out of range"),
+        ("url = http://[::1", "", "[influx] url", "IPv6"),
+        (
+            "url = https://127.0.0.1:8086\nca_file = missing.pem",
+            "",
+            "[influx] ca_file",
+            "not a file",
+        ),
+        ("url = https://127.0.0.1:8086\nca_file = bad.pem", "", "[influx] ca_file", "no usable"),
+        ("enabled = no", "enabled = yes\nfile = /dev/full", "[console] file", "No space left"),
+    ],
+    ids=["port", "ipv6", "ca-missing", "ca-garbage", "dev-full"],
+)
+def test_settings_no_connection_or_file_can_use_get_one_message_and_exit_2(
+    tmp_path, influx, console, key, says
+):
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    ini = write_config(
+        tmp_path / "agent.ini",
+        f"[kit]\nproject = P\nserial = s\nstate_dir = state\n[influx]\n{influx}\n"
+        f"[console]\n{console}\n",
+    )
+    telegrams = Path(__file__).resolve().parent.parent / "testdata" / "bdp-test_sense.json"
+    done = run_cli("publish", "-c", str(ini), "--wait", "1", str(telegrams))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    (message,) = [ln for ln in done.stderr.splitlines() if ln.startswith("sensorkit:")]
+    assert key in message and says in message, message

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import _require_influxd, run_sensorkit, write_config
-from httpstub import FlakyProxy
+from httpstub import FlakyProxy, TruncatingServer
 from influxd import InfluxServer
 
 from agent.delivery import Backoff, Delivery, DeliverySettings
@@ -413,7 +413,7 @@ def test_413_for_a_single_point_quarantines_it_and_delivers_the_rest(small_body_
 
 
 def test_5xx_and_429_are_retried_with_backoff_then_delivered(influx, tmp_path):
-    proxy = FlakyProxy([503, 503, 429, 500, 502], upstream=influx.url).start()
+    proxy = FlakyProxy([503, 503, 429, 500, 502], upstream=influx.url, only=("/write",)).start()
     try:
         sent = records(25)
         config = kit_config(tmp_path, proxy.url)  # retry_max = 1: waits of 0.5 .. 1 s
@@ -426,6 +426,7 @@ def test_5xx_and_429_are_retried_with_backoff_then_delivered(influx, tmp_path):
     assert_delivered(influx, "T_c8", sent)
     failed = proxy.failed()
     assert [s.status for s in failed] == [503, 503, 429, 500, 502]
+    assert {s.path for s in failed} == {"/write"}  # the writes themselves were refused
     gaps = [b.at - a.at for a, b in zip(failed, failed[1:], strict=False)]
     assert all(gap >= 0.45 for gap in gaps), gaps  # backed off, not hammered
     assert time.monotonic() - started < 25
@@ -616,3 +617,68 @@ def test_retry_after_from_a_429_is_honoured(tmp_path):
     writes = [s for s in proxy.seen if s.path == "/write"]
     assert [s.status for s in writes] == [429, 204]
     assert writes[1].at - writes[0].at >= 1.9  # backoff alone would have retried in 0.1 s
+
+
+def test_a_reply_cut_off_before_its_headers_end_is_no_answer_and_settles_nothing(tmp_path):
+    server = TruncatingServer(
+        [
+            b"HTTP/1.1 204 No Content\r\nX-Influxdb-Ver",  # then the connection closes
+            b"HTTP/1.1 204 No Content\r\nX-Influxdb-Version: 1.6.7\r\n\r\n",
+        ]
+    ).start()
+    out = output(tmp_path, server.url, create=False, backoff=Backoff(base=0.1, cap=0.2, slow=1))
+    out.start()
+    try:
+        out.send(ident("cut"))
+        assert wait_for(lambda: len(server.requests) >= 1, 5)
+        assert wait_for(lambda: out.queue.depth == 0, 10), out.stats().last_error
+        assert len(server.requests) >= 2, "the cut reply was taken as a delivery"
+        assert out.queue.stats().delivered == 1
+    finally:
+        out.close()
+        server.stop()
+
+
+def test_points_for_a_database_the_server_will_never_create_do_not_hold_back_others(
+    influx, tmp_path
+):
+    out = output(tmp_path, influx.url, backoff=Backoff(base=0.1, cap=0.3, slow=60))
+    bad = "T_tab\tname"  # influxd: "invalid name"; nothing can ever make it right
+    out.accept([(bad, f"data,label=bench dtemp=1.0 {T0}")])
+    out.accept([("T_fine", f"data,label=bench dtemp=2.0 {T0 + 1}")])
+    out.start()
+    try:
+        assert wait_for(lambda: out.queue.depth == 0, 10), out.stats()
+    finally:
+        out.close()
+    assert [r["dtemp"] for r in rows(influx, "data", "T_fine")] == [2.0]
+    held = out.queue.stats().quarantined
+    assert held == 1
+    from agent.buffer import read_quarantine
+
+    (point,) = read_quarantine(tmp_path / "state", "influx")
+    assert point.db == bad and "invalid name" in point.reason
+
+
+def test_a_database_without_a_grant_is_held_back_while_the_others_are_delivered(
+    auth_server, tmp_path
+):
+    admin(auth_server, 'CREATE DATABASE "T_other"')
+    admin(auth_server, "CREATE USER halfkit WITH PASSWORD 'half-pass-3c1'")
+    admin(auth_server, 'GRANT WRITE ON "T_kit" TO halfkit')
+    out = output(
+        tmp_path, auth_server.url, user="halfkit", password="half-pass-3c1", create=False,
+        backoff=Backoff(base=0.1, cap=0.3, slow=60),
+    )  # fmt: skip
+    out.accept([("T_other", f"data,label=bench dtemp=1.0 {T0 + 500}")])  # no grant: 403
+    out.accept([("T_kit", f"data,label=bench dtemp=2.0 {T0 + 501}")])
+    out.start()
+    try:
+        assert wait_for(lambda: out.queue.depth == 1, 10), out.stats()
+        stats = out.stats()
+        assert list(stats.held) == ["T_other"] and "403" in stats.held["T_other"]
+    finally:
+        out.close()
+    assert [r["dtemp"] for r in rows(auth_server, "data", "T_kit") if r["time"] == T0 + 501] == [
+        2.0
+    ]

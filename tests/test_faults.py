@@ -26,6 +26,7 @@ from influxd import InfluxServer, free_port
 from agent import segments
 
 ROOT = Path(__file__).resolve().parent.parent
+TESTDATA = ROOT / "testdata" / "bdp-test_sense.json"
 PASSWORD = "pw-never-shown-5be1"
 
 
@@ -85,7 +86,8 @@ def status_json(config: Path) -> tuple[dict, str]:
 def console_data(tmp_path: Path) -> list[dict]:
     """The data telegrams the agent built, in order (a torn last line from a kill is skipped)."""
     out = []
-    for text in (tmp_path / "console.jsonl").read_text().splitlines():
+    path = tmp_path / "console.jsonl"
+    for text in path.read_text().splitlines() if path.exists() else []:
         try:
             record = json.loads(text)
         except ValueError:
@@ -333,3 +335,147 @@ def test_points_the_cap_dropped_are_counted_with_the_reason_in_status_after_a_st
     assert out["dropped"] == 200 - kept and out["dropped_by"] == {"cap": 200 - kept}
     text = sensorkit("status", "-c", str(config)).stdout
     assert f"dropped         {200 - kept}" in text and "the queue was full" in text
+
+
+# -- signals -----------------------------------------------------------------------------------
+
+
+def test_sigterm_stops_a_running_agent_cleanly_and_its_last_window_is_delivered(influx, tmp_path):
+    config = kit_config(tmp_path, influx.url, "term")
+    log = tmp_path / "agent.log"
+    agent = start_agent(config, log=log)
+    try:
+        deadline = time.monotonic() + 30
+        while not console_data(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert console_data(tmp_path), log.read_text()[-2000:]
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=20) == 0, log.read_text()[-3000:]
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    text = log.read_text()
+    assert "got SIGTERM" in text and "Traceback" not in text
+    assert_exactly_once(influx, "F_term", console_data(tmp_path))
+    status, _ = status_json(config)
+    assert status["running"] is False and status["outputs"]["influx"]["queued"] == 0
+
+
+def test_ctrl_c_during_a_publish_to_a_dead_server_says_what_stays_queued_and_exits_130(tmp_path):
+    down = f"http://127.0.0.1:{free_port()}"
+    config = kit_config(tmp_path, down, "ctrlc")
+    source = tmp_path / "t.jsonl"
+    rows = [json.dumps({"ident": {"project": "F", "serial": "ctrlc"}})]
+    rows += [json.dumps({"data": {"time": 1_700_000_000 + i, "dtemp": 1.0}}) for i in range(50)]
+    source.write_text("\n".join(rows) + "\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "publish", "-c", str(config), "--wait", "60", str(source)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until it is waiting for the server
+            stats = status_json(config)[0]["outputs"].get("publish") or {}
+            if stats.get("queued") == 51:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "interrupted" in stderr and "stays in" in stderr
+    assert status_json(config)[0]["outputs"]["publish"]["queued"] == 51
+
+
+# -- a full disk -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 256 KiB tmpfs as state_dir (needs root; else skip); fill it with ``fill_up``."""
+    mount = tmp_path / "state"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill_up(directory: Path) -> None:
+    """Fill the file system of ``directory`` to the last byte, as another program might."""
+    with open(directory / "filler", "ab", buffering=0) as filler:
+        for size in (65536, 4096, 1):
+            try:
+                while True:
+                    filler.write(b"x" * size)
+                    filler.flush()
+            except OSError:
+                pass
+
+
+def test_a_full_disk_costs_only_points_counted_in_status_after_stop_and_restart(
+    tiny_disk, tmp_path
+):
+    down = f"http://127.0.0.1:{free_port()}"  # the server away: everything stays on disk
+    config = kit_config(tmp_path, down, "full")
+    log = tmp_path / "agent.log"
+    agent = start_agent(config, log=log)
+    try:
+        deadline = time.monotonic() + 30
+        while len(console_data(tmp_path)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        fill_up(tiny_disk)
+        deadline = time.monotonic() + 30
+        while "points lost" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "points lost" in log.read_text(), log.read_text()[-3000:]
+        built_at_full = len(console_data(tmp_path))
+        deadline = time.monotonic() + 20
+        while len(console_data(tmp_path)) < built_at_full + 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(console_data(tmp_path)) >= built_at_full + 3  # it keeps sampling
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=30) == 0, log.read_text()[-3000:]
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    assert "Traceback" not in log.read_text()
+    status, _ = status_json(config)
+    first = status["outputs"]["influx"]
+    built = len(console_data(tmp_path)) + 1  # data telegrams and the ident, a point each
+    assert first["lost"] > 0
+    assert first["queued"] + first["lost"] == built  # every point kept or counted
+    again = start_agent(config, "--duration", "3", log=log)
+    assert again.wait(timeout=30) == 0, log.read_text()[-3000:]
+    after = status_json(config)[0]["outputs"]["influx"]
+    assert after["lost"] >= first["lost"]  # the count survived the restart
+    assert after["queued"] + after["lost"] == len(console_data(tmp_path)) + 2  # a new ident
+    done = sensorkit("status", "-c", str(config))
+    assert done.returncode == 0 and "lost (disk)" in done.stdout
+
+
+def test_publish_on_a_full_disk_says_so_once_and_status_still_works(tiny_disk, tmp_path):
+    config = kit_config(tmp_path, f"http://127.0.0.1:{free_port()}", "fullpub")
+    fill_up(tiny_disk)
+    done = sensorkit("publish", "-c", str(config), "--wait", "1", str(TESTDATA))
+    assert done.returncode in (1, 2), done.stderr
+    assert "Traceback" not in done.stderr
+    assert "No space left" in done.stderr or "LOST" in done.stderr, done.stderr
+    assert not any(p.stat().st_size == 0 for p in tiny_disk.glob("*.sqlite3"))
+    status = sensorkit("status", "-c", str(config))
+    assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+    (tiny_disk / "filler").unlink()  # space again: publish works
+    again = sensorkit("publish", "-c", str(config), "--wait", "1", str(TESTDATA))
+    assert "Traceback" not in again.stderr and "LOST" not in again.stderr, again.stderr

@@ -455,3 +455,159 @@ def test_quarantine_is_capped_at_a_tenth_of_the_queue_and_drops_are_counted(tmp_
     assert q.stats().dropped == 60 - len(held) > 0
     assert "quarantine is full" in caplog.text
     q.close()
+
+
+# -- damage on disk ----------------------------------------------------------------------------
+
+
+def flip(path: Path, offset: int, mask: int = 0x01) -> None:
+    blob = bytearray(path.read_bytes())
+    blob[offset] ^= mask
+    path.write_bytes(bytes(blob))
+
+
+def fill_sealed_segments(tmp_path: Path, n: int = 3000) -> list[str]:
+    """``n`` points, one append each, in several sealed segments; returns their lines."""
+    q = DurableQueue(tmp_path, "q", max_bytes=1 << 20)  # segments of 128 KiB
+    lines = [line(i, pad=60) for i in range(n)]
+    for ln in lines:
+        q.append([("a", ln)])
+    q.close()
+    assert len(segment_files(tmp_path)) >= 3
+    return lines
+
+
+@pytest.mark.parametrize("where", ["line", "frame line"])
+def test_one_flipped_bit_mid_segment_costs_only_its_point_counted_and_set_aside(tmp_path, where):
+    lines = fill_sealed_segments(tmp_path)
+    middle = segment_files(tmp_path)[1]
+    data = middle.read_bytes()
+    frames = [f for f in segments.walk(data) if isinstance(f, segments.Frame)]
+    victim = frames[len(frames) // 2]
+    offset = victim.body + 5 if where == "line" else victim.offset + 6  # a digit of its seq
+    flip(middle, offset)
+    q = DurableQueue(tmp_path, "q")
+    got = [ln for _, ln in drain(q)]
+    stats = q.stats()
+    q.close()
+    lost = lines[victim.seq]
+    assert got == [ln for ln in lines if ln != lost]  # every other point, in order
+    assert stats.dropped == 1 and stats.dropped_by == {"damaged": 1}
+    assert read_stats(tmp_path, "q").dropped_by == {"damaged": 1}  # survives the process
+    aside = list((tmp_path / "q.corrupt").iterdir())
+    assert len(aside) == 1 and aside[0].read_bytes()  # the damaged bytes, kept
+    # Found again after another restart: not counted twice.
+    q = DurableQueue(tmp_path, "q")
+    assert q.stats().dropped == 1
+    q.close()
+
+
+def test_a_garbled_length_of_bytes_resynchronises_on_the_next_frame(tmp_path):
+    lines = fill_sealed_segments(tmp_path)
+    middle = segment_files(tmp_path)[1]
+    data = bytearray(middle.read_bytes())
+    frames = [f for f in segments.walk(bytes(data)) if isinstance(f, segments.Frame)]
+    first, last = frames[10], frames[14]
+    data[first.offset + 3 : last.stop - 2] = b"\x00" * (last.stop - 2 - first.offset - 3)
+    middle.write_bytes(bytes(data))  # five frames turned to zeros: a bad block
+    q = DurableQueue(tmp_path, "q")
+    got = [ln for _, ln in drain(q)]
+    assert q.stats().dropped_by == {"damaged": 5}
+    q.close()
+    assert got == lines[: first.seq] + lines[last.seq + 1 :]
+
+
+def test_damage_in_the_last_segment_is_found_at_start_and_the_rest_kept(tmp_path):
+    crash_after(tmp_path, 'for i in range(20):\n    q.append([("a", line(i))])')
+    journal = segment_files(tmp_path)[-1]
+    data = journal.read_bytes()
+    frames = [f for f in segments.walk(data) if isinstance(f, segments.Frame)]
+    flip(journal, frames[7].body + 2, 0x20)
+    q = DurableQueue(tmp_path, "q")
+    assert q.depth == 19 and q.stats().dropped_by == {"damaged": 1}
+    assert [ln for _, ln in drain(q)] == [line(i) for i in range(20) if i != 7]
+    q.close()
+
+
+def test_start_up_reads_two_lines_of_each_sealed_segment_not_the_backlog(tmp_path, monkeypatch):
+    fill_sealed_segments(tmp_path)
+    sealed = segment_files(tmp_path)[:-1]
+    read = []
+    real = segments.walk
+
+    def walk(data, offset=0):
+        read.append(len(data))
+        return real(data, offset)
+
+    monkeypatch.setattr(segments, "walk", walk)
+    q = DurableQueue(tmp_path, "q")
+    q.close()
+    biggest = max(p.stat().st_size for p in sealed)
+    assert sum(read) < biggest * 2.5  # the last segment and the head's, not every one
+
+
+def test_a_drain_cut_by_kill_9_resends_at_most_the_segment_it_was_in(tmp_path):
+    fill_sealed_segments(tmp_path, n=3000)
+    crash_after(
+        tmp_path,
+        """
+        import time
+        delivered = 0
+        while delivered < 2000:
+            batch = q.peek(100, 1 << 20)
+            q.remove(batch)
+            delivered += len(batch)
+        time.sleep(1.1)  # the head is written at most once a second while draining
+        q.remove(q.peek(1, 1 << 20))
+        """.replace("\n        ", "\n"),
+    )
+    q = DurableQueue(tmp_path, "q")
+    left = q.depth
+    q.close()
+    assert 1000 - 1 <= left <= 1000 + 50, left  # not the whole backlog again
+
+
+def test_a_segment_of_the_old_format_is_converted_and_delivered(tmp_path):
+    import struct
+    import zlib
+
+    folder = tmp_path / "q.log"
+    folder.mkdir()
+    records = b""
+    for i in range(5):  # sensorkit 0.1: crc32, seq, queued, len(db), len(line), db, line
+        body = struct.pack(">QdHI", i, 1000.0 + i, 1, len(line(i))) + b"a" + line(i).encode()
+        records += struct.pack(">I", zlib.crc32(body)) + body
+    (folder / f"{1:016d}.seg").write_bytes(records + records[:10])  # and a torn record
+    q = DurableQueue(tmp_path, "q")
+    assert [ln for _, ln in drain(q)] == [line(i) for i in range(5)]
+    q.close()
+
+
+# -- the calls that make points durable --------------------------------------------------------
+
+
+def test_sync_fdatasyncs_the_segment_it_appended_to_and_new_segments_fsync_their_folder(
+    tmp_path, monkeypatch
+):
+    calls: list[tuple[str, str]] = []
+    real_fdatasync, real_fsync = os.fdatasync, os.fsync
+
+    def fdatasync(fd):
+        calls.append(("fdatasync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fdatasync(fd)
+
+    def fsync(fd):
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(buffer.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(buffer.os, "fsync", fsync)
+    q = DurableQueue(tmp_path, "q", sync_interval=3600)
+    assert ("fsync", str(tmp_path / "q.log")) in calls  # the new segment's name is durable
+    calls.clear()
+    q.sync()
+    assert calls == []  # nothing appended: nothing to flush
+    q.append([("a", line(0))])
+    q.sync()
+    assert calls == [("fdatasync", str(segment_files(tmp_path)[-1]))]
+    q.close()
