@@ -182,7 +182,7 @@ class Aggregator:
                 sum(self.not_finite.get(n, 0) for n in names),
             )
 
-    def close_window(self, end: int, geolocation: str = "") -> Data | None:
+    def close_window(self, end: int) -> Data | None:
         """The window's data telegram stamped ``end``, or None when nothing arrived."""
         with self._lock:
             window, self._window = self._window, defaultdict(list)
@@ -197,7 +197,7 @@ class Aggregator:
                 values.append((name, round(mean, 6)))
         if not values:
             return None
-        return Data(time=int(end), values=tuple(values), geolocation=geolocation)
+        return Data(time=int(end), values=tuple(values))
 
     def _unsent(self, name: str, readings: int) -> None:
         """Count a window mean left out as not finite; say so the first time per field."""

@@ -539,4 +539,4 @@ def load(path: Path) -> Settings:
     for name, section in sections.items():
         if name != "subscriber":
             section.check_unknown()
-    return Settings(path, kit, sensors, WeatherSettings(**vars(weather)), influx, console_settings)
+    return Settings(path, kit, sensors, weather, influx, console_settings)
