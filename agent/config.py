@@ -117,7 +117,7 @@ class Settings:
 
 
 def find_config(explicit: str | None) -> Path:
-    """The config file to use, by design.md's lookup order."""
+    """The config file to use, by the lookup order of docs/design.md."""
     if explicit:
         return Path(explicit)
     if os.environ.get("SENSORKIT_CONFIG"):

@@ -1,4 +1,4 @@
-"""The error policy of design.md section 4, one status row at a time, against a real influxd.
+"""The delivery rules of docs/design.md section 5, row by row, against a real influxd.
 
 Each row is produced by the real server where it can be (404 no database, 401 wrong password,
 403 no grant, 400 a field type conflict made by another writer, 413 a small max-body-size) and

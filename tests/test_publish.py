@@ -248,3 +248,15 @@ def test_console_output_prints_the_telegrams_as_json_lines(server, tmp_path):
     assert lines[0]["ident"]["label"] == "alphaTest"
     assert [line["data"] for line in lines[1:]] == SENT["data"]
     assert databases(server) == set()
+
+
+def test_the_json_lines_example_in_testdata_stores_the_same_points_as_the_object_form(
+    server, ini
+):
+    assert publish(ini, str(TESTDATA)).returncode == 0
+    first = [server.rows(f"SELECT * FROM {m}", DB) for m in ("info", "data")]
+    server.query(f'DROP DATABASE "{DB}"')
+    done = publish(ini, str(TESTDATA.with_suffix(".jsonl")))
+    assert done.returncode == 0, done.stderr
+    assert [server.rows(f"SELECT * FROM {m}", DB) for m in ("info", "data")] == first
+    assert len(first[1]) == 3
