@@ -258,6 +258,7 @@ class DurableQueue:
         else:
             self._fd = os.open(self._active.path, os.O_WRONLY | os.O_APPEND)
         self._count = self._next_seq - self._head - self._settled.total
+        self._disk = sum(segment.size for segment in self._segments)  # bytes of all segments
         self._count_drop("damaged", found.newly_damaged)
         self._head_moved(force=True)
 
@@ -289,6 +290,7 @@ class DurableQueue:
                 active.oldest = float(now)
             active.next = self._next_seq + count
             active.size = active.frames_end = active.size + len(blob)
+            self._disk += len(blob)
             active.chain = chain
             active.dbs.update(db for db, _ in groups)
             self._next_seq += count
@@ -345,7 +347,9 @@ class DurableQueue:
         os.fdatasync(self._fd)
         self.fsyncs += 1
         os.close(self._fd)
-        active.size = active.path.stat().st_size
+        grown = active.path.stat().st_size - active.size
+        active.size += grown
+        self._disk += grown
         active.sealed = True
         self._segments.append(self._new_segment(active.number + 1))
         self._dirty = False
@@ -606,6 +610,7 @@ class DurableQueue:
         passed = [s for s in self._segments[:-1] if s.next <= self._head]
         for segment in passed:
             segment.path.unlink(missing_ok=True)
+            self._disk -= segment.size
         self._segments = [s for s in self._segments if s not in passed]
         if not self._count:
             self._empty_active()
@@ -631,6 +636,7 @@ class DurableQueue:
                 log.warning("queue %s: cannot empty %s: %s", self.name, active.path, err)
                 return
         active.first = active.next = self._next_seq
+        self._disk -= active.size
         active.size = active.frames_end = active.chain = 0
         active.dbs.clear()
         active.oldest = None
@@ -754,8 +760,10 @@ class DurableQueue:
         if not self._count:
             return 0
         number, offset = self._head_pos
-        ahead = sum(s.size for s in self._segments if s.number >= number)
-        return ahead - offset - self._head_skip
+        before = 0
+        if self._segments[0].number < number:  # segments the head left (normally deleted)
+            before = sum(s.size for s in self._segments if s.number < number)
+        return self._disk - before - offset - self._head_skip
 
     def _queued_at(self, pos: tuple[int, int]) -> float | None:
         segment = self._segments[self._index(pos[0])]
