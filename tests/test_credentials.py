@@ -113,8 +113,9 @@ def test_each_password_source_delivers_to_an_auth_enabled_influxd(auth_influx, t
     else:
         env = {"CREDENTIALS_DIRECTORY": str(credential_dir(tmp_path, password))}
     config = kit_config(tmp_path, auth_influx, name, credentials)
-    done = run_cli("publish", "-c", str(config), str(kit_file(tmp_path, name)), "--wait", "20",
-                   env=env)  # fmt: skip
+    done = run_cli(
+        "publish", "-c", str(config), str(kit_file(tmp_path, name)), "--wait", "20", env=env
+    )
     assert done.returncode == 0, done.stderr
     assert points(auth_influx, database) == [(1600000000, 1.5)]
     status = run_cli("status", "--json", "-c", str(config), env=env)
@@ -133,23 +134,20 @@ def test_without_any_source_the_server_refuses_and_the_data_stays_queued(auth_in
     assert points(auth_influx, database) == []
 
 
-def test_a_wrong_password_from_the_credential_is_refused_without_showing_it(
-    auth_influx, tmp_path
-):
+def test_a_wrong_password_from_the_credential_is_refused_without_showing_it(auth_influx, tmp_path):
     name = "SrcWrong"
     make_writer(auth_influx, name, "the-right-one")
     env = {"CREDENTIALS_DIRECTORY": str(credential_dir(tmp_path, "Wr0ng-but-secret"))}
     config = kit_config(tmp_path, auth_influx, name)
-    done = run_cli("publish", "-c", str(config), str(kit_file(tmp_path, name)), "--wait", "2",
-                   env=env)  # fmt: skip
+    done = run_cli(
+        "publish", "-c", str(config), str(kit_file(tmp_path, name)), "--wait", "2", env=env
+    )
     assert done.returncode == 1
     assert "401" in done.stderr
     assert "Wr0ng-but-secret" not in written_by_agent(tmp_path, done)
 
 
-def test_agent_ini_wins_over_the_environment_which_wins_over_the_credential(
-    auth_influx, tmp_path
-):
+def test_agent_ini_wins_over_the_environment_which_wins_over_the_credential(auth_influx, tmp_path):
     """The order agent.ini documents; the ignored source is named in one warning, never its
     value."""
     name = "SrcOrder"
@@ -158,16 +156,30 @@ def test_agent_ini_wins_over_the_environment_which_wins_over_the_credential(
     kit = kit_file(tmp_path, name)
 
     config = kit_config(tmp_path, auth_influx, name, "password = right-pw\n")
-    done = run_cli("publish", "-c", str(config), str(kit), "--wait", "20",
-                   env={PASSWORD_ENV: "wrong-env-pw", **wrong_cred})  # fmt: skip
+    done = run_cli(
+        "publish",
+        "-c",
+        str(config),
+        str(kit),
+        "--wait",
+        "20",
+        env={PASSWORD_ENV: "wrong-env-pw", **wrong_cred},
+    )
     assert done.returncode == 0, done.stderr
     [warning] = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
     assert "password comes from [influx] password" in warning
     assert f"${PASSWORD_ENV} and systemd credential" in warning and "ignored" in warning
 
     config = kit_config(tmp_path, auth_influx, name)
-    again = run_cli("publish", "-c", str(config), str(kit), "--wait", "20",
-                    env={PASSWORD_ENV: "right-pw", **wrong_cred})  # fmt: skip
+    again = run_cli(
+        "publish",
+        "-c",
+        str(config),
+        str(kit),
+        "--wait",
+        "20",
+        env={PASSWORD_ENV: "right-pw", **wrong_cred},
+    )
     assert again.returncode == 0, again.stderr
     assert f"password comes from ${PASSWORD_ENV}; systemd credential" in again.stderr
     assert points(auth_influx, database) == [(1600000000, 1.5)]
@@ -195,8 +207,7 @@ def test_password_and_password_file_together_is_one_clear_error(tmp_path):
 def ini(tmp_path: Path, influx: str = "") -> Path:
     return write_config(
         tmp_path / "agent.ini",
-        f"[kit]\nproject = P\nstate_dir = {tmp_path / 'state'}\n[influx]\nusername = kit\n"
-        f"{influx}",
+        f"[kit]\nproject = P\nstate_dir = {tmp_path / 'state'}\n[influx]\nusername = kit\n{influx}",
     )
 
 

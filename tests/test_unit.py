@@ -46,7 +46,8 @@ def unit_copy(tmp_path: Path, dropin: bool = False) -> Path:
     copy = tmp_path / "sensorkit.service"
     copy.write_text(text.replace(INSTALLED_BINARY, str(here)))
     diff = [
-        (a, b) for a, b in zip(text.splitlines(), copy.read_text().splitlines(), strict=True)
+        (a, b)
+        for a, b in zip(text.splitlines(), copy.read_text().splitlines(), strict=True)
         if a != b
     ]
     assert diff == [(f"ExecStart={INSTALLED_BINARY} run -c /etc/sensorkit/agent.ini",
@@ -58,9 +59,7 @@ def unit_copy(tmp_path: Path, dropin: bool = False) -> Path:
 
 
 def analyze(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["systemd-analyze", *args], capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run(["systemd-analyze", *args], capture_output=True, text=True, timeout=60)
 
 
 @needs_analyze
@@ -140,6 +139,4 @@ def test_the_sandbox_still_reaches_serial_i2c_and_gpio():
 def test_the_password_can_come_as_a_systemd_credential():
     text = UNIT.read_text()
     assert "#LoadCredential=influx-password:/etc/sensorkit/influx-password" in text
-    assert settings(DROPIN)["LoadCredential"] == [
-        "influx-password:/etc/sensorkit/influx-password"
-    ]
+    assert settings(DROPIN)["LoadCredential"] == ["influx-password:/etc/sensorkit/influx-password"]
