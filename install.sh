@@ -304,8 +304,14 @@ packages_present() {  # sets missing=(the packages of $packages not installed)
     return 1
 }
 install_packages() {
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    local log
+    log="$(mktemp)"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+        cat "$log" >&2
+        die "apt-get could not install ${missing[*]} (its output above)"
+    fi
+    rm -f "$log"
 }
 
 user_id() {  # $1: user; prints its uid from $root/etc/passwd
@@ -389,17 +395,32 @@ check_i2c() {
 }
 enable_i2c_bus() { raspi-config nonint do_i2c 0; }
 
+# The service's Python is the system's (/usr/bin/python3), never whatever python3 is first
+# on root's PATH (a pyenv under /root: the sensorkit user could not even run it).
+SYSTEM_PYTHON=/usr/bin/python3
+system_python_version() {
+    "$SYSTEM_PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null
+}
 check_venv() {
-    [ -x "$root$OPT/bin/python" ] && "$root$OPT/bin/python" -c '' 2>/dev/null \
-        && detail="$OPT, $("$root$OPT/bin/python" -V 2>&1)"
+    local cfg="$root$OPT/pyvenv.cfg" want
+    want="$(system_python_version || echo none)"
+    grep -qx "home = ${SYSTEM_PYTHON%/*}" "$cfg" 2>/dev/null \
+        && grep -q "^version = $want\." "$cfg" \
+        && "$root$OPT/bin/python" -c '' 2>/dev/null \
+        && detail="$OPT, Python $want from $SYSTEM_PYTHON"
 }
 make_venv() {
-    # --clear: a venv whose python went away (an OS upgrade) is made anew
-    python3 -m venv --clear "$OPT"
+    [ -x "$SYSTEM_PYTHON" ] || die "$SYSTEM_PYTHON is missing: apt-get install python3-venv"
+    "$SYSTEM_PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || die "$SYSTEM_PYTHON is $("$SYSTEM_PYTHON" -V 2>&1); sensorkit needs 3.11 or newer"
+    # --clear: a venv of another Python (an OS upgrade, or one made by hand) is made anew
+    "$SYSTEM_PYTHON" -m venv --clear "$OPT"
 }
 
+venv_made=0
 check_code() {
     local have
+    [ "$venv_made" = 0 ] || return 1  # a new virtualenv holds nothing yet
     have="$(cat "$root$OPT/.sensorkit-source" 2>/dev/null || true)"
     [ "$have" = "$(source_stamp)" ] && detail="source unchanged, extra ${extra:-none}"
 }
@@ -567,7 +588,8 @@ pi_install() {
     if [ "$enable_i2c" = 1 ]; then
         step "I2C bus" check_i2c "turn it on: raspi-config nonint do_i2c 0" enable_i2c_bus
     fi
-    step "virtualenv $OPT" check_venv "create it: python3 -m venv $OPT" make_venv
+    step "virtualenv $OPT" check_venv "create it: $SYSTEM_PYTHON -m venv $OPT" make_venv
+    venv_made=$last_changed
     step "sensorkit in $OPT" check_code "pip install $here${extra:+[$extra]} into $OPT and record $(source_stamp) in $OPT/.sensorkit-source" install_code
     step "command $LINK" check_link "link it to $OPT/bin/sensorkit" make_link
     step "config $ETC/agent.ini" check_config "write it from ./agent.ini with hardware backends and the console off (never overwriting one)" write_config
@@ -593,6 +615,8 @@ finish() {
         else say "dry run: nothing was changed; run without --dry-run to do the steps above"; fi
     elif [ "$changed" = 0 ]; then
         say "everything was already in place: nothing changed"
+    else
+        say "done"
     fi
 }
 
@@ -600,11 +624,17 @@ finish() {
 
 check_service_gone() { [ ! -e "$root$UNIT" ] && ! service_active && detail="no $UNIT"; }
 remove_service() {
-    systemctl disable --now sensorkit.service || true
+    if sd_booted; then
+        systemctl disable --now sensorkit.service || true
+    else
+        systemctl disable sensorkit.service || true  # works on the files alone
+    fi
     rm -f "$UNIT" "$DROPIN"
     rmdir --ignore-fail-on-non-empty "$(dirname "$DROPIN")" 2>/dev/null || true
-    systemctl daemon-reload || true
-    systemctl reset-failed sensorkit.service 2>/dev/null || true
+    if sd_booted; then
+        systemctl daemon-reload || true
+        systemctl reset-failed sensorkit.service 2>/dev/null || true
+    fi
 }
 check_link_gone() { ! check_link && detail="no $LINK into $OPT"; }
 remove_link() { rm -f "$LINK"; }

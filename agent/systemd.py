@@ -109,10 +109,11 @@ class Watchdog:
 
     A part (``"window"``, ``"influx"`` ...) is registered with :meth:`expect` and the longest
     it may stay silent; it calls :meth:`beat` whenever it makes progress. The window loop calls
-    :meth:`check` often (every few seconds): it sends ``WATCHDOG=1`` at most every half
-    interval, and none while a part is overdue, so a hung part gets the agent restarted
-    within its ``within`` plus ``WatchdogSec``. Disabled (all no-ops) when the service has no
-    watchdog.
+    :meth:`check` often (every few seconds): it sends ``WATCHDOG=1`` at most every quarter
+    interval (so a loop that passes every few seconds pings well within ``WatchdogSec``), and
+    none while a part is overdue, so a hung part gets the agent restarted within its
+    ``within`` plus ``WatchdogSec``; a hung loop stops the pings itself. Disabled (all no-ops)
+    when the service has no watchdog.
     """
 
     def __init__(
@@ -157,7 +158,7 @@ class Watchdog:
             return sorted(n for n, (within, last) in self._parts.items() if now - last > within)
 
     def check(self) -> bool:
-        """Ping if every part is alive and half an interval has passed; True when pinged."""
+        """Ping if every part is alive and a quarter interval has passed; True when pinged."""
         if not self.enabled:
             return False
         late = self.overdue()
@@ -171,7 +172,7 @@ class Watchdog:
         self._overdue.ok()
         now = self._clock()
         assert self.interval is not None
-        if self._last_ping is not None and now - self._last_ping < self.interval / 2:
+        if self._last_ping is not None and now - self._last_ping < self.interval / 4:
             return False
         self._last_ping = now
         return self._send()

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tomllib
 import urllib.error
 import urllib.parse
@@ -277,6 +276,17 @@ def dpkg_status(root: Path, packages: list[str]) -> None:
     )
 
 
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+def system_python_version() -> str:
+    """The service's Python: the system's. Without one the installer makes no virtualenv."""
+    if not SYSTEM_PYTHON.exists():
+        pytest.skip("no /usr/bin/python3 (Debian's python3) to build /opt/sensorkit from")
+    done = subprocess.run([SYSTEM_PYTHON, "-V"], capture_output=True, text=True, check=True)
+    return done.stdout.split()[1]
+
+
 def installed_pi_root(tmp_path: Path, first: subprocess.CompletedProcess) -> Path:
     """What `sudo ./install.sh --pi` leaves, made by hand under a directory, from what the
     first dry run said it would do. Owners are this test's user, named root and sensorkit
@@ -296,7 +306,8 @@ def installed_pi_root(tmp_path: Path, first: subprocess.CompletedProcess) -> Pat
     )
     opt = root / "opt/sensorkit"
     (opt / "bin").mkdir(parents=True)
-    (opt / "bin/python").symlink_to(sys.executable)
+    (opt / "bin/python").symlink_to(SYSTEM_PYTHON)
+    (opt / "pyvenv.cfg").write_text(f"home = /usr/bin\nversion = {system_python_version()}\n")
     stamp = re.search(r"record (extra=\S+ source=\S+) in", first.stdout)[1]
     (opt / ".sensorkit-source").write_text(stamp + "\n")
     (root / "usr/local/bin").mkdir(parents=True)
@@ -349,6 +360,19 @@ def test_changed_code_is_reinstalled_and_the_service_restarted_and_nothing_else(
     todo = [(t, r) for t, v, r in steps(done) if v == "would" and t != "sensorkit probe"]
     assert [t for t, _ in todo] == ["sensorkit in /opt/sensorkit", "service"]
     assert "restart sensorkit.service" in todo[1][1]
+
+
+def test_a_virtualenv_of_another_python_is_made_anew_with_the_code(tmp_path):
+    """An OS upgrade (another Python) or a venv made from root's pyenv: rebuilt, from
+    /usr/bin/python3, and the code reinstalled into it."""
+    root = tmp_path / "root"
+    env = {**pi_env(tmp_path, PI4, root), "PATH": f"{stub_commands(tmp_path)}:{os.environ['PATH']}"}
+    installed_pi_root(tmp_path, run("--pi", "--dry-run", env=env))
+    (root / "opt/sensorkit/pyvenv.cfg").write_text("home = /root/.pyenv/versions/3.11.7/bin\n")
+    done = run("--pi", "--dry-run", env=env)
+    todo = [t for t, v, _ in steps(done) if v == "would" and t != "sensorkit probe"]
+    assert todo == ["virtualenv /opt/sensorkit", "sensorkit in /opt/sensorkit", "service"]
+    assert "would create it: /usr/bin/python3 -m venv /opt/sensorkit" in done.stdout
 
 
 def test_a_password_file_brings_the_credentials_drop_in_and_a_root_only_mode(tmp_path):
