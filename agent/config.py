@@ -19,7 +19,7 @@ import re
 import ssl
 import stat
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -353,6 +353,118 @@ def _sensor(section: _Section, driver: Driver) -> SensorSettings:
     )
 
 
+INFLUX_PASSWORD_ENV = "SENSORKIT_INFLUX_PASSWORD"
+INFLUX_PASSWORD_CREDENTIAL = "influx-password"
+
+
+def resolve_password(
+    s: _Section,
+    path: Path,
+    *,
+    env_var: str,
+    credential: str,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[str, str]:
+    """A server password and where it came from (for messages), or ``("", "")``.
+
+    The first of these that is set wins:
+
+    1. ``password`` in the section, or ``password_file`` (a file holding just the password,
+       relative to the config file). They are this file's two ways to say it: setting both
+       is an error.
+    2. the environment variable ``env_var`` (unset or empty counts as not set);
+    3. the systemd credential ``$CREDENTIALS_DIRECTORY/<credential>`` (``LoadCredential=``).
+
+    A source further down that is present too is ignored with one warning naming both, so a
+    password changed in the wrong place is noticed. Neither the value nor any part of it is
+    ever put in a message. Any section with ``password``/``password_file`` keys can use this
+    (the subscriber will, with its own variable and credential names).
+    """
+    environ = os.environ if environ is None else environ
+    password = s.raw("password") or ""
+    password_file = s.text("password_file")
+    if password and password_file:
+        raise s.fail(
+            "password_file",
+            "is set and so is password; allowed: one of password, password_file (or neither, "
+            f"with ${env_var} or the systemd credential {credential})",
+        )
+    sources: list[str] = []
+    if password:
+        sources.append(f"[{s.name}] password")
+    elif password_file:
+        sources.append(f"[{s.name}] password_file {path.parent / password_file}")
+    if environ.get(env_var):
+        sources.append(f"${env_var}")
+    directory = environ.get("CREDENTIALS_DIRECTORY", "")
+    cred_path = Path(directory) / credential if directory else None
+    if cred_path is not None and cred_path.exists():
+        sources.append(f"systemd credential {cred_path}")
+    if not sources:
+        return "", ""
+    source, *ignored = sources
+    if ignored:
+        log.warning(
+            "%s [%s]: the password comes from %s; %s is set too and ignored (remove one)",
+            path,
+            s.name,
+            source,
+            " and ".join(ignored),
+        )
+    if password:
+        _warn_if_readable(path, "password", s.name)
+        return password, source
+    if password_file:
+        pw_path = path.parent / password_file
+
+        def file_fail(problem: str) -> ConfigError:
+            return s.fail(
+                "password_file",
+                f"{problem}; allowed: a file the agent can read, holding the password on one line",
+            )
+
+        value = _read_secret(pw_path, f"cannot read {pw_path}", str(pw_path), file_fail)
+        _warn_if_readable(pw_path, "password_file", s.name)
+        return value, source
+    if source.startswith("$"):
+        value = environ[env_var]
+        if "\n" in value.strip():
+            raise ConfigError(
+                f"${env_var} holds more than one line; allowed: the password on one line"
+            )
+        return value.strip(), source
+    assert cred_path is not None
+
+    def cred_fail(problem: str) -> ConfigError:
+        return ConfigError(
+            f"{path} [{s.name}]: {problem}; allowed: the password on one line, from "
+            f"LoadCredential={credential}:FILE in the unit"
+        )
+
+    value = _read_secret(
+        cred_path,
+        f"cannot read the systemd credential {cred_path}",
+        f"the systemd credential {cred_path}",
+        cred_fail,
+    )
+    return value, source
+
+
+def _read_secret(path: Path, cannot: str, name: str, fail: Callable[[str], ConfigError]) -> str:
+    """A password file's password: its text without outer blanks, one line, not empty."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as err:
+        raise fail(f"{cannot}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise fail(f"{name} is not UTF-8 text") from None
+    if not text:
+        raise fail(f"{name} is empty")
+    if "\n" in text:
+        raise fail(f"{name} holds more than one line")
+    return text
+
+
 def _influx(s: _Section, path: Path) -> InfluxSettings:
     url = s.text("url", "http://localhost:8086")
     if "@" in url.split("://", 1)[-1].split("/", 1)[0] or "?" in url:
@@ -368,29 +480,14 @@ def _influx(s: _Section, path: Path) -> InfluxSettings:
         raise s.fail(
             "url", f"{url!r} is not allowed{why}; allowed: http://host:port or https://host:port"
         )
-    password = s.raw("password") or ""
-    password_file = s.text("password_file")
-    if password and password_file:
-        raise s.fail(
-            "password_file", "is set and so is password; allowed: one of password, password_file"
-        )
-    if password_file:
-        pw_path = path.parent / password_file
-        try:
-            password = pw_path.read_text().strip()
-        except OSError as err:
-            raise s.fail(
-                "password_file",
-                f"cannot read {pw_path}: {err.strerror}; allowed: a file the agent can read, "
-                "holding the password",
-            ) from None
-        _warn_if_readable(pw_path, "password_file")
-    elif password:
-        _warn_if_readable(path, "password")
     username = s.text("username")
+    password, source = resolve_password(
+        s, path, env_var=INFLUX_PASSWORD_ENV, credential=INFLUX_PASSWORD_CREDENTIAL
+    )
     if password and not username:
         raise s.fail(
-            "username", "is missing but a password is set; allowed: the InfluxDB user name"
+            "username",
+            f"is missing but a password is set ({source}); allowed: the InfluxDB user name",
         )
     return InfluxSettings(
         enabled=s.flag("enabled", True),
@@ -448,16 +545,17 @@ def _ca_file(s: _Section, base: Path, url: str) -> str:
     return str(path)
 
 
-def _warn_if_readable(path: Path, key: str) -> None:
+def _warn_if_readable(path: Path, key: str, section: str = "influx") -> None:
     try:
         mode = path.stat().st_mode
     except OSError:
         return
     if mode & stat.S_IROTH:
         log.warning(
-            "%s holds the InfluxDB password ([influx] %s) and every user can read it; "
+            "%s holds the InfluxDB password ([%s] %s) and every user can read it; "
             "run: chmod o-r %s",
             path,
+            section,
             key,
             path,
         )
