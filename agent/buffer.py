@@ -578,6 +578,13 @@ class DurableQueue:
                 )
                 self._count_drop("quarantine_full", dropped)
 
+    def keep_aside(self, points: Sequence[tuple[str, str]], reason: str, queued: float) -> None:
+        """Put points that were never queued straight into quarantine (they may not be sent:
+        e.g. measured when the clock was wrong and can no longer be dated)."""
+        with self._lock:
+            now = self.clock()
+            self.store.add([(-1, db, line, reason, queued, now) for db, line in points])
+
     def _settle(self, ranges: Sequence[tuple[int, int]]) -> int:
         """Mark points settled; returns how many were not settled already."""
         fresh = 0

@@ -469,11 +469,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from agent import systemd
+
+    systemd.setup_logging(args.verbose)
     try:
         return args.func(args)
     except SensorkitError as err:

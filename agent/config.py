@@ -51,6 +51,7 @@ class KitSettings:
     description: str
     interval: int
     state_dir: Path
+    clock: str = "auto"  # which wall clock dates windows (agent/clock.py)
 
 
 @dataclass(frozen=True)
@@ -334,6 +335,7 @@ def _kit(section: _Section, base: Path) -> KitSettings:
         geolocation=geolocation,
         description=section.text("description"),
         interval=section.number("interval", 60, int, 1, None, "seconds"),
+        clock=section.choice("clock", "auto", ("auto", "trust", "synced")),
         state_dir=state_dir,
     )
 

@@ -184,6 +184,12 @@ class Delivery:
         self._wake.set()
         return True
 
+    def keep_aside(self, telegrams: Sequence[Telegram], reason: str, queued: float) -> None:
+        """Quarantine telegrams that must not be sent, with the reason (``quarantine list``)."""
+        points = [point for telegram in telegrams for point in self.encode(telegram)]
+        if points:
+            self.queue.keep_aside(points, reason, queued)
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"{self.name}-sender", daemon=True)
         self._thread.start()

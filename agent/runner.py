@@ -2,7 +2,8 @@
 
 Each enabled sensor gets a thread that opens it (retrying with backoff if it is missing),
 then reads it on its own cadence and hands readings to the aggregator. The main thread closes
-a window every ``interval`` seconds (aligned to whole multiples of it), sends the ident when it
+a window every ``interval`` seconds (on the monotonic clock, ending at whole multiples of it on
+the wall clock once that is synchronised, see agent/clock.py), sends the ident when it
 changed and the window's data telegram to every output, and keeps a status snapshot fresh.
 A sensor that keeps failing is reported while the others carry on; its fields are simply
 absent from the data telegrams.
@@ -10,6 +11,7 @@ absent from the data telegrams.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -18,14 +20,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from agent import __version__
+from agent import __version__, systemd
 from agent.aggregator import Aggregator, SensorFields, build_ident
+from agent.clock import Clock, Stamps, boot_id
 from agent.config import ConfigError, SensorSettings, Settings
 from agent.errors import SensorkitError
 from agent.outputs import Output, Queued
 from agent.sensors import open_sensor
 from agent.status import runtime_path, snapshot_path, write_snapshot
-from agent.telegram import Ident, Telegram
+from agent.telegram import Data, Ident, Telegram
+from agent.undated import Held, Undated
 from agent.windowlog import WindowLog
 from drivers.reading import Reading, Sensor, SensorError
 
@@ -165,8 +169,14 @@ class Agent:
         settings: Settings,
         outputs: list[Output],
         transports: Mapping[str, object] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
+        self.clock = clock or Clock(settings.kit.clock)
+        self.boot = boot_id()
+        self.undated = Undated(settings.kit.state_dir / "undated.jsonl")
+        self.watchdog = systemd.Watchdog()
+        self._status_sent = ("", 0.0)
         self.outputs = outputs
         self.transports = dict(transports or {})
         enabled = [s for s in settings.sensors if s.enabled]
@@ -176,7 +186,8 @@ class Agent:
         self._ident: Ident | None = None
         self._output_errors: dict[str, str] = {}
         self._snapshot = snapshot_path(settings.kit.state_dir)
-        self._last_end = 0
+        self.stamps = Stamps()
+        self._held: list[Held] = []  # windows closed before the clock could date them
         self._window_lock = threading.Lock()
         try:
             self._window_log = WindowLog(runtime_path(settings.kit.state_dir, "window.log"))
@@ -195,17 +206,42 @@ class Agent:
                 log.warning("window log: %s; these readings are held in memory only", err)
             self.aggregator.add(readings)
 
-    def _recover_window(self) -> None:
-        """Readings a crash left in the window log: their window's telegram is sent now."""
+    def _recover(self) -> None:
+        """What an earlier run left: the readings of its last window (sent now, stamped
+        with that window's end), its last stamp (never reused), and windows it could not
+        date (dated later if this is still the same boot, else quarantined)."""
         readings = self._window_log.recover()
+        self.stamps = Stamps(floor=self._window_log.last_stamp)
+        held = self.undated.load()
+        self._held = [h for h in held if h.boot == self.boot]
+        self._keep_aside([h for h in held if h.boot != self.boot])
         if not readings:
             return
+        self.aggregator.add(readings)
+        if not self.clock.synced():
+            return  # they join the first window, which is dated once the clock is
         interval = self.settings.kit.interval
         end = (int(min(r.time for r in readings)) // interval + 1) * interval
         log.info("recovered %d readings of the window ending %d", len(readings), end)
-        self.aggregator.add(readings)
-        if end <= time.time():
-            self.close_window(end)
+        if end <= self.clock.wall():
+            self.close_window(self.clock.mono() - (self.clock.wall() - end))
+
+    def _keep_aside(self, held: list[Held]) -> None:
+        """Windows of an earlier boot taken before the clock was set: never datable."""
+        if not held:
+            return
+        reason = (
+            "measured before the clock was synchronised, and the kit restarted before it was: "
+            "its time cannot be known (the clock showed the time stamped here)"
+        )
+        ident = build_ident(self.settings.kit, self.aggregator.sensors, version=__version__)
+        telegrams: list[Telegram] = [dataclasses.replace(ident, time=int(held[0].wall))]
+        telegrams += [Data(time=int(h.wall), values=h.values) for h in held]
+        for output in self.outputs:
+            if isinstance(output, Queued):
+                output.keep_aside(telegrams, reason, held[0].wall)
+        log.warning("%d windows could never be dated; quarantined (%s)", len(held), reason)
+        self.undated.clear()
 
     def run(self) -> int:
         """Run until :attr:`stop` is set; returns the exit code."""
@@ -213,28 +249,39 @@ class Agent:
             log.warning("no sensor is enabled in %s; only idents will be sent", self.settings.path)
         for loop in self.loops:
             loop.open()  # open synchronously first, so the first ident lists what is there
-        for output in self.outputs:
-            if isinstance(output, Queued):
-                output.start()
+        queued = [o for o in self.outputs if isinstance(o, Queued)]
+        for output in queued:
+            output.start()
+        self._recover()
         self._send_ident_if_changed()
-        self._recover_window()
         for loop in self.loops:
             loop.start()
-        interval = self.settings.kit.interval
+        self.watchdog.expect("window", within=30.0)
+        for output in queued:
+            self.watchdog.expect(output.name, within=90.0)
+        if not self.clock.synced():
+            log.warning(
+                "the clock is not synchronised yet ([kit] clock = %s): windows are kept and "
+                "dated once it is; nothing is sent with a time that may be wrong",
+                self.settings.kit.clock,
+            )
+        systemd.ready(systemd.status_line(self.status()))
         try:
+            end = self._next_end(None)
             while not self.stop.is_set():
-                end = (int(time.time()) // interval + 1) * interval
-                while not self.stop.is_set() and time.time() < end:
-                    self.write_snapshot()
-                    self.stop.wait(min(SNAPSHOT_EVERY, max(0.0, end - time.time())))
+                while not self.stop.is_set() and self.clock.mono() < end:
+                    self._tick()
+                    self.stop.wait(min(SNAPSHOT_EVERY, max(0.0, end - self.clock.mono())))
                 if self.stop.is_set():
                     break
                 self.close_window(end)
+                end = self._next_end(end)
         finally:
+            systemd.stopping("finishing the current window and stopping")
             self.stop.set()
             for loop in self.loops:  # a read in progress still lands in the last window
                 loop.join(timeout=5)
-            self.close_window(self._partial_window_end())
+            self.close_window(self.clock.mono())
             for loop in self.loops:
                 loop.close()
             for output in self.outputs:
@@ -243,24 +290,78 @@ class Agent:
             self._snapshot.unlink(missing_ok=True)  # `status` now reads the queues on disk
         return 0
 
-    def _partial_window_end(self) -> int:
-        """A stamp for the readings of a window cut short: now, but never a second already
-        used (which would overwrite that point) nor one in the future (a quick restart could
-        build a point for the same second)."""
-        while int(time.time()) <= self._last_end:
-            time.sleep(0.05)
-        return int(time.time())
+    def _next_end(self, after: float | None) -> float:
+        """When the next window ends, on the monotonic clock: at the next whole multiple of
+        ``interval`` on the wall clock once that can be trusted, so a step of the wall clock
+        neither stalls the windows nor merges two."""
+        interval = self.settings.kit.interval
+        now = self.clock.mono()
+        start = now if after is None else max(now, after)
+        if not self.clock.synced():
+            return start + interval
+        wall = self.clock.date(start)
+        end = start + ((int(wall) // interval + 1) * interval - wall)
+        if after is not None and end - after < interval / 2:
+            end += interval
+        return end
 
-    def close_window(self, end: int) -> None:
-        self._send_ident_if_changed()
+    def _tick(self) -> None:
+        """Between window ends: status snapshot, watchdog, STATUS line, a clock that synced."""
+        self.write_snapshot()
+        self.watchdog.beat("window")
+        for output in self.outputs:
+            if isinstance(output, Queued) and output.alive():
+                self.watchdog.beat(output.name)
+        self.watchdog.check()
+        line = systemd.status_line(self.status())
+        text, sent = self._status_sent
+        if line != text or time.monotonic() - sent > 30:
+            systemd.status(line)
+            self._status_sent = (line, time.monotonic())
+        if self._held and self.clock.synced():
+            with self._window_lock:
+                self._send_held()
+
+    def close_window(self, end: float) -> None:
+        """Close the window ending at monotonic ``end``: dated and sent, or held."""
         with self._window_lock:
-            data = self.aggregator.close_window(end)
+            data = self.aggregator.close_window(0)
+            synced = self.clock.synced()
+            if synced and self._held:
+                self._send_held()
+            if synced:
+                self._send_ident_if_changed()
             if data is not None:
-                self._last_end = end
-                self._send(data)
-            self._window_log.clear()  # the outputs hold the window now
+                if synced:
+                    stamp = self.stamps.take(round(self.clock.date(end)))
+                    self._send(dataclasses.replace(data, time=stamp))
+                else:
+                    held = Held(self.boot, end, self.clock.wall(), data.values)
+                    self._held.append(held)
+                    try:
+                        self.undated.add(held)
+                    except OSError as err:
+                        log.warning(
+                            "%s: %s; this window is held in memory only", self.undated.path, err
+                        )
+            self._window_log.clear(self.stamps.last)  # the outputs (or the held list) have it
+
+    def _send_held(self) -> None:
+        """The clock is synchronised: date the held windows by it and send them, in order."""
+        held, self._held = self._held, []
+        stamps = [self.stamps.take(round(self.clock.date(h.mono))) for h in held]
+        ident = build_ident(self.settings.kit, self.aggregator.sensors, version=__version__)
+        if ident != self._ident:
+            self._ident = ident
+            self._send(dataclasses.replace(ident, time=stamps[0]))
+        for h, stamp in zip(held, stamps, strict=True):
+            self._send(Data(time=stamp, values=h.values))
+        log.info("the clock is synchronised: %d held windows dated and sent", len(held))
+        self.undated.clear()
 
     def _send_ident_if_changed(self) -> None:
+        if not self.clock.synced():
+            return  # sent with the first window that can be dated
         kit = self.settings.kit
         ident = build_ident(kit, self.aggregator.sensors, version=__version__)
         if ident != self._ident:
@@ -296,6 +397,11 @@ class Agent:
             "sensors": sensors,
             "implausible": dict(self.aggregator.implausible),
             "not_finite": dict(self.aggregator.not_finite),
+            "clock": {
+                "mode": self.clock.mode,
+                "synced": self.clock.synced(),
+                "held": len(self._held),
+            },
             "unsent_means": dict(self.aggregator.unsent_means),
         }
 

@@ -27,11 +27,15 @@ class WindowLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        self.last_stamp = 0  # the last window stamp of the run before (read by recover())
 
     def recover(self) -> list[Reading]:
         """The readings a previous run accepted but did not get into a telegram."""
         readings = []
         for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1):
+            if line.startswith("#stamp\t"):
+                self.last_stamp = int(line.split("\t")[1]) if line[7:].isdigit() else 0
+                continue
             try:
                 name, value, stamp = line.split("\t")
                 readings.append(Reading(name, float(value), float(stamp)))
@@ -44,8 +48,11 @@ class WindowLog:
         if text:
             os.write(self._fd, text.encode())
 
-    def clear(self) -> None:
+    def clear(self, stamp: int = 0) -> None:
+        """Empty the log; ``stamp``, the last window stamp used, stays for a restart."""
         os.ftruncate(self._fd, 0)
+        if stamp:
+            os.write(self._fd, f"#stamp\t{stamp}\n".encode())
 
     def close(self) -> None:
         os.close(self._fd)

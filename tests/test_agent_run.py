@@ -67,9 +67,9 @@ def test_each_window_holds_the_mean_of_the_device_lines_that_arrived_in_it(tmp_p
             events.append(("add", {r.field: r.value for r in readings}))
             add(readings)
 
-    def recording_close(end, geolocation=""):
+    def recording_close(end):
         with lock:
-            data = close(end, geolocation)
+            data = close(end)
             events.append(("close", data))
             return data
 
