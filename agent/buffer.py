@@ -256,7 +256,7 @@ class DurableQueue:
             number = self._segments[-1].number + 1 if self._segments else 1
             self._segments.append(self._new_segment(number))
         else:
-            self._fd = os.open(self._active.path, os.O_WRONLY | os.O_APPEND)
+            self._fd = os.open(self._active.path, os.O_RDWR | os.O_APPEND)
         self._count = self._next_seq - self._head - self._settled.total
         self._disk = sum(segment.size for segment in self._segments)  # bytes of all segments
         self._count_drop("damaged", found.newly_damaged)
@@ -326,7 +326,7 @@ class DurableQueue:
 
     def _new_segment(self, number: int) -> SegmentInfo:
         path = self._folder / f"{number:016d}.seg"
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         folder = os.open(self._folder, os.O_RDONLY)
         try:  # the new file's name lasts a power cut too (once per start and per megabyte)
             os.fsync(folder)
@@ -401,13 +401,19 @@ class DurableQueue:
                 return i
         return len(self._segments) - 1
 
-    @staticmethod
-    def _read(segment: SegmentInfo, offset: int, stop: int) -> bytes:
+    def _read(self, segment: SegmentInfo, offset: int, stop: int) -> bytes:
+        """Bytes of a segment. The active one is read through the descriptor it is written
+        by: closing a second descriptor of a file once cut to nothing makes ext4 write its
+        pages out at once (auto_da_alloc), which would put every point online on the card."""
         if stop <= offset:
             return b""
-        with open(segment.path, "rb") as handle:
-            handle.seek(offset)
-            return handle.read(stop - offset)
+        if segment is self._active and self._fd >= 0:
+            return _pread(self._fd, stop - offset, offset)
+        fd = os.open(segment.path, os.O_RDONLY | os.O_NOATIME)
+        try:
+            return _pread(fd, stop - offset, offset)
+        finally:
+            os.close(fd)
 
     def _take(
         self, segment: SegmentInfo, offset: int, seq: int, build: _Builder
@@ -845,6 +851,19 @@ class _Builder:
         self.pieces.append(piece)
         self.points += piece.count
         self.size += len(piece.data)
+
+
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    """``size`` bytes at ``offset`` (fewer at the end of the file)."""
+    parts = []
+    while size > 0:
+        part = os.pread(fd, size, offset)
+        if not part:
+            break
+        parts.append(part)
+        size -= len(part)
+        offset += len(part)
+    return b"".join(parts)
 
 
 def _cut(data: bytes, seq: int, hi: int, hi_seq: int, target: int, at) -> int:
