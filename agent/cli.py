@@ -16,15 +16,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent import __version__
 from agent.config import ConfigError, Settings, find_config, load
 from agent.errors import SensorkitError
 from agent.progress import Progress
-from agent.telegram import Ident, Telegram, TelegramError, parse_telegrams
+from agent.telegram import FileSummary, TelegramError, check_telegrams, read_telegrams
 
 log = logging.getLogger("sensorkit")
 
@@ -85,25 +84,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 # -- publish -----------------------------------------------------------------------------------
 
 
-def _telegrams(path: Path, source: str) -> Iterator[Telegram]:
-    """The telegrams of a file, in order; TelegramError names file, line and reason."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise TelegramError(f"{source}: cannot read it: {err}") from None
-    yield from parse_telegrams(text, source)
-
-
 @dataclass
 class _File:
     """One input of ``publish``: where it is read from, and what the first pass found."""
 
     source: str
     path: Path
-    idents: int = 0
-    data: int = 0
-    databases: set[str] = field(default_factory=set)
+    summary: FileSummary | None = None
     queued: int = 0  # telegrams queued by the second pass
+
+    @property
+    def telegrams(self) -> int:
+        return self.summary.idents + self.summary.data if self.summary else 0
 
 
 def _inputs(names: list[str], spool_dir: Path) -> list[_File]:
@@ -129,20 +121,16 @@ def _inputs(names: list[str], spool_dir: Path) -> list[_File]:
 def _check(files: list[_File], stop: _Stop) -> None:
     """The first pass: every telegram of every file checked before anything is sent."""
     for item in files:
-        for telegram in _telegrams(item.path, item.source):
-            if stop.event.is_set():
-                return
-            if isinstance(telegram, Ident):
-                item.idents += 1
-                item.databases.add(telegram.database)
-            else:
-                item.data += 1
+        if stop.event.is_set():
+            return
+        try:
+            item.summary = check_telegrams(item.path, item.source)
+        except OSError as err:
+            raise TelegramError(f"{item.source}: cannot read it: {err.strerror}") from None
     for item in files:  # said once all are known good: a bad file refuses the whole call
-        print(
-            f"{item.source}: {item.idents} ident, {item.data} data -> database "
-            f"{', '.join(sorted(item.databases))}",
-            file=sys.stderr,
-        )
+        assert item.summary is not None
+        for line in (item.summary.describe(), *item.summary.notes()):
+            print(line, file=sys.stderr)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -203,7 +191,7 @@ def _stream(files: list[_File], outputs: list, wait: float, stop: _Stop) -> str:
     sizes = {o.name: 0 for o in queued}  # bytes pending: a chunk never crowds the queue
     for item in files:
         unflushed = 0  # telegrams of this file read but not yet queued
-        for telegram in _telegrams(item.path, item.source):
+        for telegram in read_telegrams(item.path, item.source):
             if stop.event.is_set():
                 return ""
             for output in plain:
@@ -320,7 +308,7 @@ def _report(settings, outputs, finals, before, files, stalled: str) -> bool:
             ok = False
     if stalled:
         for item in files:
-            total = item.idents + item.data
+            total = item.telegrams
             if item.queued < total:
                 print(
                     f"{item.source}: {total - item.queued} of {total} telegrams were NOT "

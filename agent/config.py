@@ -26,7 +26,14 @@ from typing import TypeVar
 
 import drivers
 from agent.errors import UsageError
-from agent.lineprotocol import check_key, check_tag_value, check_text
+from agent.lineprotocol import (
+    MAX_NAME_BYTES,
+    check_database_name,
+    check_key,
+    check_point_key,
+    check_tag_value,
+    check_text,
+)
 from drivers.driver import Driver
 
 log = logging.getLogger("sensorkit.config")
@@ -34,7 +41,10 @@ log = logging.getLogger("sensorkit.config")
 SYSTEM_CONFIG = Path("/etc/sensorkit/agent.ini")
 _INLINE_COMMENT = re.compile(r"\s+[#;].*$")
 _TEXT_ALLOWED = "text on one line"
-_TAG_ALLOWED = "text on one line, with no backslash at its end or just before a space, comma or '='"
+_TAG_ALLOWED = (
+    "printable text on one line (TAB allowed), with no backslash at its end or just before a "
+    "space, comma or '='"
+)
 T = TypeVar("T")
 
 
@@ -307,15 +317,24 @@ _GEO = re.compile(r"^\s*(-?\d+(\.\d+)?)\s*,\s*(-?\d+(\.\d+)?)\s*(,\s*(-?\d+(\.\d
 
 def _kit(section: _Section, base: Path) -> KitSettings:
     project = section.text("project")
-    names_db = "text without spaces, '/', '\\' or '\"' (it names the database)"
+    names_db = (
+        "printable text without spaces, '/', '\\' or '\"', not '.' or '..' (it names the "
+        f"database <project>_<serial>, at most {MAX_NAME_BYTES} bytes)"
+    )
     if not project:
         raise section.fail(
             "project", f"is missing; allowed: the network's project code, e.g. BdP: {names_db}"
         )
     serial = section.text("serial") or cpu_serial()
     for key, value in (("project", project), ("serial", serial)):
-        if any(c in value for c in '/\\" '):
-            raise section.fail(key, f"{value!r} is not allowed; allowed: {names_db}")
+        problem = check_database_name(value)
+        if problem:
+            raise section.fail(key, f"{value!r} is not allowed: it {problem}; allowed: {names_db}")
+    problem = check_database_name(f"{project}_{serial}")
+    if problem:
+        raise section.fail(
+            "serial", f"the database {project}_{serial} {problem}; allowed: {names_db}"
+        )
     geolocation = section.text("geolocation", tag=True)
     if geolocation:
         match = _GEO.match(geolocation)
@@ -326,12 +345,23 @@ def _kit(section: _Section, base: Path) -> KitSettings:
                 "-90..90, longitude -180..180, altitude in metres, e.g. 51.420635,6.1356117,22.9",
             )
         geolocation = ",".join(part.strip() for part in geolocation.split(","))
+    # The label goes into the series key of every point: one too long for InfluxDB would
+    # have each point refused. Checked before the text, so the message need not echo it.
+    # 256 bytes: room for a field name (the shipped ones are a few characters).
+    label = section.raw("label") or ""
+    tags = {"label": label, "geolocation": geolocation, "new": "1"}
+    problem = check_point_key("data", tags, "x" * 256)
+    if problem:
+        raise section.fail(
+            "label", f"{len(label):,} characters: it {problem}; allowed: a label of a few words"
+        )
+    label = section.text("label", tag=True)
     state_dir_text = section.text("state_dir")
     state_dir = base / state_dir_text if state_dir_text else default_state_dir()
     return KitSettings(
         project=project,
         serial=serial,
-        label=section.text("label", tag=True),
+        label=label,
         geolocation=geolocation,
         description=section.text("description"),
         interval=section.number("interval", 60, int, 1, None, "seconds"),

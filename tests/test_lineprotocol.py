@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -312,7 +313,12 @@ def test_hostile_text_round_trips_through_publish_and_the_influx_cli(influx, tmp
 _HOSTILE_CHARS = st.sampled_from(list(" ,=\"'\\#;%\tüßÄ日本😀\u00a0\u2028\u0085\x00\x1f{}[]"))
 _ANY_CHAR = st.characters(exclude_categories=("Cs",), exclude_characters="\n\r")
 _TEXT = st.text(st.one_of(_HOSTILE_CHARS, _ANY_CHAR), max_size=15)
-_TAG = _TEXT.filter(lambda v: v != "" and check_tag_value(v) is None)
+# Tag values refuse control characters other than TAB (pinned in test_limits.py), so their
+# alphabet leaves them out rather than filtering whole strings away.
+_TAG_CHARS = st.one_of(_HOSTILE_CHARS, _ANY_CHAR).filter(
+    lambda c: c == "\t" or unicodedata.category(c) != "Cc"
+)
+_TAG = st.text(_TAG_CHARS, max_size=15).filter(lambda v: v != "" and check_tag_value(v) is None)
 _KEY = _TEXT.filter(
     lambda v: (
         check_key(v) is None
