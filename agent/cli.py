@@ -126,8 +126,11 @@ def _inputs(names: list[str], spool_dir: Path) -> list[_File]:
     return files
 
 
-def _check(files: list[_File], stop: _Stop) -> None:
-    """The first pass: every telegram of every file checked before anything is sent."""
+def _check(files: list[_File], stop: _Stop, bucket: str = "") -> None:
+    """The first pass: every telegram of every file checked before anything is sent.
+
+    ``bucket``: the one bucket an ``api = v2`` output writes every point to.
+    """
     for item in files:
         for telegram in _telegrams(item.path, item.source):
             if stop.event.is_set():
@@ -138,10 +141,17 @@ def _check(files: list[_File], stop: _Stop) -> None:
             else:
                 item.data += 1
     for item in files:  # said once all are known good: a bad file refuses the whole call
-        print(
-            f"{item.source}: {item.idents} ident, {item.data} data -> database "
-            f"{', '.join(sorted(item.databases))}",
-            file=sys.stderr,
+        target = f"bucket {bucket!r}" if bucket else "database " + ", ".join(sorted(item.databases))
+        print(f"{item.source}: {item.idents} ident, {item.data} data -> {target}", file=sys.stderr)
+    kits = sorted(set().union(*(item.databases for item in files)))
+    if bucket and len(kits) > 1:
+        log.warning(
+            "%d kits (%s) all go to bucket %r ([influx] api = v2 writes one bucket); their "
+            "data points are told apart by the label tag alone: publish each kit with a "
+            "config of its own naming its own bucket",
+            len(kits),
+            ", ".join(kits),
+            bucket,
         )
 
 
@@ -153,7 +163,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     stop.install()
     files = _inputs(args.files, settings.kit.state_dir)
     try:
-        _check(files, stop)
+        v2 = settings.influx.enabled and settings.influx.api == "v2"
+        _check(files, stop, settings.influx.bucket if v2 else "")
         if stop.event.is_set():
             print(f"sensorkit: interrupted ({stop.signal}); nothing was sent", file=sys.stderr)
             return INTERRUPTED

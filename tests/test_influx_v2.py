@@ -10,11 +10,15 @@ with the server's words, held, or retried after the delay asked for.
 from __future__ import annotations
 
 import gzip
+import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import run_sensorkit, write_config
 from v2stub import WRITE, Scripted, V2Server, error
 
 from agent.buffer import read_quarantine
@@ -23,6 +27,7 @@ from agent.delivery import Backoff, Delivery, DeliverySettings
 from agent.influx import InfluxClient
 from agent.series import SeriesEncoder
 from agent.sinks import InfluxV2Sink
+from agent.telegram import parse_telegrams
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTDATA = ROOT / "testdata" / "bdp-test_sense.json"
@@ -64,6 +69,31 @@ def wait_for(condition, timeout: float, step: float = 0.02) -> bool:
     return condition()
 
 
+def v2_config(tmp_path: Path, url: str, *lines: str, token: str = TOKEN) -> Path:
+    """An agent.ini with api = v2; the token in a 0600 token_file beside it."""
+    token_file = tmp_path / "influx.token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    text = (
+        f"[kit]\nproject = T\nserial = cfg\ninterval = 1\nstate_dir = {tmp_path / 'state'}\n"
+        f"[influx]\napi = v2\nurl = {url}\norg = {ORG}\nbucket = {BUCKET}\n"
+        "token_file = influx.token\ntimeout = 2\nretry_max = 1\nsync_interval = 0.5\n"
+        + "".join(line + "\n" for line in lines)
+    )
+    return write_config(tmp_path / "agent.ini", text)
+
+
+def sensorkit(*args: str, timeout: float = 90):
+    return run_sensorkit(*args, timeout=timeout, env={"SENSORKIT_CONFIG": "/nonexistent"})
+
+
+def expected_lines(path: Path) -> list[str]:
+    """The line protocol ``publish`` makes of a telegram file (what the bucket must hold)."""
+    encoder = SeriesEncoder()
+    telegrams = parse_telegrams(path.read_text(), str(path))
+    return [line for telegram in telegrams for _, line in encoder.encode(telegram)]
+
+
 # -- the request ---------------------------------------------------------------------------------
 
 
@@ -101,6 +131,29 @@ def test_the_bucket_is_the_one_of_the_output_whatever_database_the_batch_names(s
     for db in ("T_kit", "BdP_other", "x"):
         assert v2.write(db, f"data,label=a v=1 {T0}\n".encode()).status == 204
     assert {(r.params["org"], r.params["bucket"]) for r in stub.seen} == {(ORG, BUCKET)}
+
+
+def test_publish_delivers_every_point_of_a_file_to_the_bucket_with_the_token_never_shown(
+    stub, tmp_path
+):
+    config = v2_config(tmp_path, stub.url)
+    done = sensorkit("-v", "publish", "-c", str(config), str(TESTDATA))  # -v: debug logging
+    assert done.returncode == 0, done.stderr
+    assert f"-> bucket {BUCKET!r}" in done.stderr
+    assert stub.stored == expected_lines(TESTDATA)
+    assert stub.seen and all(r.path == WRITE for r in stub.seen)  # nothing but writes
+    for request in stub.seen:
+        assert sorted(request.query) == [("bucket", BUCKET), ("org", ORG), ("precision", "s")]
+        assert request.header("Authorization") == [f"Token {TOKEN}"]
+        assert request.header("Content-Encoding") == ["gzip"]
+    assert TOKEN not in done.stdout + done.stderr
+    status = sensorkit("status", "-c", str(config))
+    assert status.returncode == 0, status.stderr
+    assert TOKEN not in status.stdout + status.stderr
+    listed = sensorkit("status", "-c", str(config), "--json")
+    publish = json.loads(listed.stdout)["outputs"]["publish"]
+    assert publish["queued"] == 0 and publish["quarantined"] == 0
+    assert TOKEN not in listed.stdout
 
 
 # -- 400 and 422: the points refused are quarantined with the server's message -------------------
@@ -294,6 +347,74 @@ def test_other_5xx_are_retried_with_backoff_then_delivered(tmp_path):
         server.stop()
     assert [r.status for r in server.writes()] == [500, 502, 504, 204]
     assert out.queue.stats().quarantined == 0 and len(server.stored) == 2
+
+
+# -- sensorkit publish and status, end to end, on a refusal --------------------------------------
+
+
+def test_publish_to_a_missing_bucket_exits_1_keeps_the_points_and_status_says_why(stub, tmp_path):
+    stub.buckets = set()
+    config = v2_config(tmp_path, stub.url)
+    done = sensorkit("publish", "-c", str(config), "--wait", "2", str(TESTDATA))
+    assert done.returncode == 1, done.stderr
+    assert f"influx bucket create -n {BUCKET} -o {ORG} -r 90d" in done.stderr
+    assert "still queued safely" in done.stderr
+    shown = sensorkit("status", "-c", str(config))  # offline: read from the queue on disk
+    assert "queued          " in shown.stdout and "does not exist" in shown.stdout
+    assert TOKEN not in shown.stdout + done.stderr + done.stdout
+    stub.buckets = {(ORG, BUCKET)}
+    again = sensorkit("publish", "-c", str(config), "--wait", "20")
+    assert again.returncode == 0, again.stderr
+    assert sorted(set(stub.stored)) == sorted(expected_lines(TESTDATA))
+
+
+def test_publish_warns_when_several_kits_would_share_the_one_bucket(stub, tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text(
+        json.dumps({"ident": {"project": "T", "serial": "two", "label": "b"}})
+        + "\n"
+        + json.dumps({"data": {"time": T0, "dtemp": 20.0}})
+        + "\n"
+    )
+    config = v2_config(tmp_path, stub.url)
+    done = sensorkit("publish", "-c", str(config), str(TESTDATA), str(other))
+    assert done.returncode == 0, done.stderr
+    [warning] = [ln for ln in done.stderr.splitlines() if ln.startswith("WARNING")]
+    assert "2 kits (BdP_test_sense, T_two) all go to bucket 'BdP_kit'" in warning
+
+
+def test_status_of_a_running_agent_shows_the_v2_server_and_org_but_never_the_token(stub, tmp_path):
+    config = v2_config(
+        tmp_path, stub.url, "[bme280]\nenabled = yes\nbackend = simulated\ninterval = 1"
+    )
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "-c", str(config), "--duration", "60"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def delivering() -> dict | None:
+            shown = sensorkit("status", "-c", str(config), "--json")
+            influx = json.loads(shown.stdout).get("outputs", {}).get("influx", {})
+            return influx if influx.get("delivered") else None
+
+        assert wait_for(delivering, 40, step=0.5), "the agent never delivered"
+        live = delivering()
+        text = sensorkit("status", "-c", str(config)).stdout
+    finally:
+        agent.terminate()
+        _, stderr = agent.communicate(timeout=30)
+    assert live["url"] == stub.url
+    assert live["user"] == f"a token of org {ORG!r} (bucket {BUCKET!r})"
+    assert "agent: running" in text
+    assert f"server          {stub.url} as a token of org {ORG!r} (bucket {BUCKET!r})" in text
+    assert TOKEN not in text + json.dumps(live) + stderr
+    measurements = [line.split(" ", 1)[0].split(",", 1)[0] for line in stub.stored]
+    assert measurements[0] == "info" and "data" in measurements
+    assert any("hpa=" in line for line in stub.stored if line.startswith("data,"))
 
 
 def test_making_a_bucket_ready_sends_nothing_and_a_v2_sink_may_never_create_one(stub):
