@@ -10,7 +10,8 @@ reply to a write                          verdict
 no complete answer, timeout, 5xx, 429     RETRY: keep; back off (capped, jittered;
                                           Retry-After honoured)
 404 database not found (v1)               CREATE the database when allowed, else HOLD
-404 bucket not found (v2)                 HOLD: keep; a person must create the bucket
+404 bucket or org not found (v2)          HOLD: keep; never created: a person must
+                                          create the bucket
 401                                       RETRY_SLOWLY: keep everything; say so once
 403                                       HOLD this database (the user lacks a grant);
                                           other databases go on

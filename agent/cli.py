@@ -118,8 +118,11 @@ def _inputs(names: list[str], spool_dir: Path) -> list[_File]:
     return files
 
 
-def _check(files: list[_File], stop: _Stop) -> None:
-    """The first pass: every telegram of every file checked before anything is sent."""
+def _check(files: list[_File], stop: _Stop, bucket: str = "") -> None:
+    """The first pass: every telegram of every file checked before anything is sent.
+
+    ``bucket``: the one bucket an ``api = v2`` output writes every point to.
+    """
     for item in files:
         if stop.event.is_set():
             return
@@ -129,8 +132,22 @@ def _check(files: list[_File], stop: _Stop) -> None:
             raise TelegramError(f"{item.source}: cannot read it: {err.strerror}") from None
     for item in files:  # said once all are known good: a bad file refuses the whole call
         assert item.summary is not None
-        for line in (item.summary.describe(), *item.summary.notes()):
-            print(line, file=sys.stderr)
+        summary = item.summary
+        line = summary.describe()
+        if bucket:
+            line = line.split(" -> ")[0] + f" -> bucket {bucket!r}"
+        for text in (line, *summary.notes()):
+            print(text, file=sys.stderr)
+    kits = sorted({db for item in files if item.summary for db in item.summary.databases})
+    if bucket and len(kits) > 1:
+        log.warning(
+            "%d kits (%s) all go to bucket %r ([influx] api = v2 writes one bucket); their "
+            "data points are told apart by the label tag alone: publish each kit with a "
+            "config of its own naming its own bucket",
+            len(kits),
+            ", ".join(kits),
+            bucket,
+        )
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -141,7 +158,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     stop.install()
     files = _inputs(args.files, settings.kit.state_dir)
     try:
-        _check(files, stop)
+        v2 = settings.influx.enabled and settings.influx.api == "v2"
+        _check(files, stop, settings.influx.bucket if v2 else "")
         if stop.event.is_set():
             print(f"sensorkit: interrupted ({stop.signal}); nothing was sent", file=sys.stderr)
             return INTERRUPTED

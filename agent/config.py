@@ -109,6 +109,10 @@ class InfluxSettings:
     sync_interval: float
     queue_max_mb: float
     retry_max: float
+    api: str = "v1"  # v1: /write to a database per telegram; v2: /api/v2/write to one bucket
+    org: str = ""  # v2 only, as are bucket and token
+    bucket: str = ""
+    token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -498,6 +502,7 @@ def _read_secret(path: Path, cannot: str, name: str, fail: Callable[[str], Confi
 
 
 def _influx(s: _Section, path: Path) -> InfluxSettings:
+    api = _influx_api(s)
     url = s.text("url", "http://localhost:8086")
     if "@" in url.split("://", 1)[-1].split("/", 1)[0] or "?" in url:
         # Not echoed: it holds a password, which must never reach a log.
@@ -513,14 +518,17 @@ def _influx(s: _Section, path: Path) -> InfluxSettings:
             "url", f"{url!r} is not allowed{why}; allowed: http://host:port or https://host:port"
         )
     username = s.text("username")
-    password, source = resolve_password(
-        s, path, env_var=INFLUX_PASSWORD_ENV, credential=INFLUX_PASSWORD_CREDENTIAL
-    )
+    password, source = "", ""
+    if api == "v1":  # v2 logs in with a token: a password from the environment is not for it
+        password, source = resolve_password(
+            s, path, env_var=INFLUX_PASSWORD_ENV, credential=INFLUX_PASSWORD_CREDENTIAL
+        )
     if password and not username:
         raise s.fail(
             "username",
             f"is missing but a password is set ({source}); allowed: the InfluxDB user name",
         )
+    v2 = _influx_v2(s, path, api)
     return InfluxSettings(
         enabled=s.flag("enabled", True),
         url=url,
@@ -537,6 +545,10 @@ def _influx(s: _Section, path: Path) -> InfluxSettings:
         sync_interval=s.number("sync_interval", 30.0, float, 0.0, 3600, "seconds"),
         queue_max_mb=s.number("queue_max_mb", 64.0, float, 0.01, 1_000_000, "MB"),
         retry_max=s.number("retry_max", 60.0, float, 1, 86400, "seconds"),
+        api=api,
+        org=v2.org,
+        bucket=v2.bucket,
+        token=v2.token,
     )
 
 
@@ -577,16 +589,89 @@ def _ca_file(s: _Section, base: Path, url: str) -> str:
     return str(path)
 
 
-def _warn_if_readable(path: Path, key: str, section: str = "influx") -> None:
+# Keys one API reads and the other refuses: a v1 database or user means nothing to a bucket.
+_V1_ONLY = ("database", "username", "password", "password_file", "create_database")
+_V2_ONLY = ("org", "bucket", "token", "token_file")
+
+
+def _influx_api(s: _Section) -> str:
+    """``[influx] api``; refuses a key of the other API (set, not merely present and empty)."""
+    api = s.choice("api", "v1", ("v1", "v2"))
+    other, theirs = ("v2", _V2_ONLY) if api == "v1" else ("v1", _V1_ONLY)
+    ours = ", ".join(_V1_ONLY if api == "v1" else _V2_ONLY)
+    for key in theirs:
+        if (s.values.get(key) or "").strip():
+            raise s.fail(
+                key,
+                f"is a key of api = {other}, and api = {api}"
+                + (" (the default)" if api == "v1" else "")
+                + f"; allowed: set api = {other}, or remove {key} (api = {api} reads {ours})",
+            )
+    return api
+
+
+@dataclass(frozen=True)
+class _V2Target:
+    """Where ``api = v2`` writes, and with what token (empty with v1)."""
+
+    org: str = ""
+    bucket: str = ""
+    token: str = field(default="", repr=False)
+
+
+def _influx_v2(s: _Section, path: Path, api: str) -> _V2Target:
+    """``org``, ``bucket`` and the token (``token`` or ``token_file``) of ``api = v2``.
+
+    All three are required with v2. The token is never echoed: not in a refusal, not in a
+    log line, not in ``repr``; a token others can read gets the password's warning.
+    """
+    org, bucket = s.text("org"), s.text("bucket")
+    token, token_file = s.raw("token") or "", s.text("token_file")
+    if api != "v2":
+        return _V2Target()
+    if token and token_file:
+        raise s.fail("token_file", "is set and so is token; allowed: one of token, token_file")
+    if token_file:
+        token_path = path.parent / token_file
+
+        def file_fail(problem: str) -> ConfigError:
+            return s.fail(
+                "token_file",
+                f"{problem}; allowed: a file the agent can read, holding the API token on one line",
+            )
+
+        token = _read_secret(token_path, f"cannot read {token_path}", str(token_path), file_fail)
+        _warn_if_readable(token_path, "token_file", secret="API token")
+    elif token:
+        _warn_if_readable(path, "token", secret="API token")
+    needed = {
+        "org": (org, "the organization the bucket belongs to (InfluxDB 3: any name)"),
+        "bucket": (bucket, "the bucket every point goes to (InfluxDB 3: the database)"),
+        "token": (token, "an API token that may write the bucket, in token or token_file"),
+    }
+    for key, (value, allowed) in needed.items():
+        if not value:
+            raise s.fail(key, f"is missing, and api = v2 needs it; allowed: {allowed}")
+    if any(c.isspace() or not c.isprintable() for c in token):
+        key = "token_file" if token_file else "token"
+        raise s.fail(  # not echoed: it is a secret
+            key, "holds a space or a control character; allowed: the API token as InfluxDB gave it"
+        )
+    return _V2Target(org, bucket, token)
+
+
+def _warn_if_readable(
+    path: Path, key: str, section: str = "influx", secret: str = "password"
+) -> None:
     try:
         mode = path.stat().st_mode
     except OSError:
         return
     if mode & stat.S_IROTH:
         log.warning(
-            "%s holds the InfluxDB password ([%s] %s) and every user can read it; "
-            "run: chmod o-r %s",
+            "%s holds the InfluxDB %s ([%s] %s) and every user can read it; run: chmod o-r %s",
             path,
+            secret,
             section,
             key,
             path,

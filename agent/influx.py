@@ -46,8 +46,11 @@ class Response:
     headers: dict[str, str]
 
     def server_message(self) -> str:
+        """The server's own words: 1.x and 3.x say ``{"error": ...}``, 2.x ``{"message": ...}``."""
         try:
-            return str(json.loads(self.body).get("error", "")) or self.body.decode()[:300]
+            data = json.loads(self.body)
+            said = data.get("error") or data.get("message") or ""
+            return str(said) or self.body.decode()[:300]
         except (ValueError, AttributeError):
             return self.body.decode("utf-8", "replace")[:300]
 
@@ -91,7 +94,8 @@ def quote_ident(name: str) -> str:
 
 
 class InfluxClient:
-    """One InfluxDB server at ``url`` as one user. Not thread-safe: one thread per client."""
+    """One InfluxDB server at ``url`` as one user, or with one API token (``token``, for the
+    2.x/3.x write API). Not thread-safe: one thread per client."""
 
     def __init__(
         self,
@@ -102,6 +106,7 @@ class InfluxClient:
         verify_tls: bool = True,
         ca_file: str = "",
         compress: bool = True,
+        token: str = "",
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -127,10 +132,15 @@ class InfluxClient:
                     "on the path can read and change what is sent",
                     self.url,
                 )
+        if token and username:
+            raise ValueError("an InfluxDB client logs in with a user or a token, not both")
         self._auth = ""
         if username:
-            token = base64.b64encode(f"{username}:{password}".encode()).decode()
-            self._auth = f"Basic {token}"
+            basic = base64.b64encode(f"{username}:{password}".encode()).decode()
+            self._auth = f"Basic {basic}"
+        elif token:  # InfluxDB 2.x/3.x API token (the v2 write API)
+            self._auth = f"Token {token}"
+        self.uses_token = bool(token)
         self._conn: http.client.HTTPConnection | None = None
 
     def twin(self) -> InfluxClient:
@@ -140,7 +150,9 @@ class InfluxClient:
         return other
 
     def who(self) -> str:
-        """User and server, for messages (never the password)."""
+        """User and server, for messages (never the password or token)."""
+        if self.uses_token:
+            return f"the API token ([influx] token) at {self.url}"
         user = f"user {self.username!r}" if self.username else "no user ([influx] username unset)"
         return f"{user} at {self.url}"
 

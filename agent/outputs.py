@@ -15,7 +15,7 @@ from agent.console import ConsoleOutput
 from agent.delivery import Backoff, Delivery, DeliverySettings, DeliveryStats
 from agent.influx import InfluxClient
 from agent.series import SeriesEncoder
-from agent.sinks import InfluxV1Sink
+from agent.sinks import InfluxV1Sink, InfluxV2Sink, Sink
 from agent.telegram import Telegram
 
 
@@ -58,6 +58,7 @@ class Queued(Protocol):
 
 
 def influx_client(settings: Settings) -> InfluxClient:
+    """The HTTP client of ``[influx]``: a user and password (v1) or an API token (v2)."""
     s = settings.influx
     return InfluxClient(
         s.url,
@@ -67,11 +68,22 @@ def influx_client(settings: Settings) -> InfluxClient:
         verify_tls=s.tls_verify,
         ca_file=s.ca_file,
         compress=s.gzip,
+        token=s.token,
     )
 
 
-def influx_sink(settings: Settings) -> InfluxV1Sink:
-    return InfluxV1Sink(influx_client(settings), create_database=settings.influx.create_database)
+def influx_sink(settings: Settings) -> Sink:
+    """The sink ``[influx] api`` names.
+
+    v1: ``/write`` to the database each telegram names (``<project>_<serial>``, or
+    ``[influx] database`` for ``run``). v2: ``/api/v2/write``, every point to ``[influx]
+    bucket`` -- one bucket per output; the queue still names the telegram's database, and
+    the ``info``/``data`` series and their tags are the same as with v1.
+    """
+    s = settings.influx
+    if s.api == "v2":
+        return InfluxV2Sink(influx_client(settings), org=s.org, bucket=s.bucket)
+    return InfluxV1Sink(influx_client(settings), create_database=s.create_database)
 
 
 def delivery_settings(settings: Settings) -> DeliverySettings:

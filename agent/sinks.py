@@ -5,11 +5,18 @@ it is missing), writes a batch of line protocol (:meth:`write`) and closes. It n
 for what a server or the network says: it returns a :class:`~agent.classify.Reply`, and
 :func:`agent.classify.classify` decides what happens next. :meth:`twin` gives the same
 destination on a connection of its own, for a second request in flight.
+
+:class:`InfluxV1Sink` writes ``/write`` to one database per telegram (InfluxDB 1.x, and the
+v1 API of 2.x and 3.x); :class:`InfluxV2Sink` writes ``/api/v2/write`` to one bucket
+(InfluxDB 2.x, and 3.x Core/Enterprise). ``agent.outputs.influx_sink`` picks one from
+``[influx] api``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import shlex
 from typing import Protocol
 
 from agent.classify import Reply
@@ -118,6 +125,91 @@ class InfluxV1Sink:
 
     def twin(self) -> InfluxV1Sink:
         return InfluxV1Sink(self.client.twin(), self.may_create)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class InfluxV2Sink:
+    """InfluxDB 2.x ``/api/v2/write`` with an API token; 3.x Core and Enterprise answer it too.
+
+    One bucket per output: every batch goes to ``bucket`` of ``org``, whatever database its
+    telegrams name (the queue keeps that name, for ``status`` and the quarantine). A bucket
+    is never created -- that takes a token with more rights than a kit should hold -- so a
+    missing one holds the points with a message that says how to create it. Replies carry
+    ``api="v2"`` for :func:`agent.classify.classify`.
+    """
+
+    may_create = False
+
+    def __init__(self, client: InfluxClient, org: str, bucket: str) -> None:
+        self.client = client
+        self.org = org
+        self.bucket = bucket
+        self.url = client.url
+        self.user = f"a token of org {org!r} (bucket {bucket!r})"  # never the token itself
+
+    def ready(self, db: str) -> Reply:
+        """Nothing to make ready: the bucket exists or the write says it does not (404)."""
+        return Reply(200, api="v2")
+
+    def create(self, db: str) -> Reply:
+        """Never called (``may_create`` is False); says why if it were."""
+        return Reply(404, "bucket not found", self._missing(), api="v2")
+
+    def write(self, db: str, body: bytes) -> Reply:
+        """POST the batch to ``/api/v2/write?org=&bucket=&precision=s``; ``db`` is not used."""
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if self.client.compress:
+            body = gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
+        params = {"org": self.org, "bucket": self.bucket, "precision": "s"}
+        try:
+            answer = self.client.request("POST", "/api/v2/write", params, body, headers)
+        except InfluxError as err:
+            return dataclasses.replace(_of(err), api="v2")
+        if answer.status == 204:
+            return Reply(204, api="v2")
+        return Reply(
+            answer.status,
+            answer.server_message(),
+            self._explain(answer),
+            seconds(answer.headers.get("retry-after", "")),
+            api="v2",
+        )
+
+    def _where(self) -> str:
+        return f"bucket {self.bucket!r} of org {self.org!r} at {self.url}"
+
+    def _missing(self, said: str = "") -> str:
+        """A missing bucket (or org): named, with the command that creates it."""
+        answer = f" (404 {said})" if said else ""
+        return (
+            f"{self._where()} does not exist{answer}; the agent never creates buckets: "
+            f"create it, e.g. influx bucket create -n {shlex.quote(self.bucket)} -o "
+            f"{shlex.quote(self.org)} -r 90d"
+        )
+
+    def _explain(self, answer: Response) -> str:
+        """What a refused write means, for a person: where, the server's words, what to do."""
+        said = answer.server_message()
+        if answer.status == 404:
+            return self._missing(said)
+        if answer.status == 401:
+            return (
+                f"InfluxDB refused the API token writing to {self._where()} (401 {said}); "
+                "check [influx] token or token_file: a valid, active token of that org"
+            )
+        if answer.status == 403:
+            return (
+                f"the API token may not write to {self._where()} (403 {said}); give it write "
+                f"permission, e.g. influx auth create -o {shlex.quote(self.org)} "
+                "--write-bucket BUCKET_ID (influx bucket list shows the ID)"
+            )
+        return f"InfluxDB answered {answer.status} writing to {self._where()}: {said}"
+
+    def twin(self) -> InfluxV2Sink:
+        return InfluxV2Sink(self.client.twin(), self.org, self.bucket)
 
     def close(self) -> None:
         self.client.close()

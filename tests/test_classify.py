@@ -62,3 +62,40 @@ def test_a_missing_database_the_user_may_not_create_holds_only_that_database():
     assert classify_create(Reply(403, "forbidden")) is Verdict.HOLD
     assert classify_create(Reply(200)) is Verdict.READY
     assert classify_create(Reply(400, "invalid name")) is Verdict.QUARANTINE
+
+
+# The replies InfluxV2Sink gives (api="v2"), one per status the InfluxDB 2.x docs list for
+# /api/v2/write: the same rules as v1, except that a missing bucket is never created.
+V2_WRITE = [
+    # (status, server's words, points, may create, Retry-After) -> verdict
+    (204, "", 5, False, None, Verdict.DELIVERED),
+    (400, "unable to parse 'data x=': missing field value", 5, False, None, Verdict.SPLIT),
+    (400, "unable to parse 'data x=': missing field value", 1, False, None, Verdict.QUARANTINE),
+    (422, "partial write: dropped 1 points (retention)", 4, False, None, Verdict.SPLIT),
+    (422, "partial write: dropped 1 points (retention)", 1, False, None, Verdict.QUARANTINE),
+    (413, "unable to read data: points batch is too large", 5, False, None, Verdict.SPLIT),
+    (413, "unable to read data: points batch is too large", 1, False, None, Verdict.QUARANTINE),
+    (401, "unauthorized access", 5, False, None, Verdict.RETRY_SLOWLY),
+    (403, "insufficient permissions for write", 5, False, None, Verdict.HOLD),
+    (404, 'bucket "kits" not found', 5, False, None, Verdict.HOLD),
+    (404, 'organization name "acme" not found', 5, False, None, Verdict.HOLD),
+    (404, 'database not found: "x"', 5, True, None, Verdict.HOLD),  # v2 never creates
+    (429, "too many requests", 5, False, 30.0, Verdict.RETRY),
+    (503, "unavailable", 5, False, 30.0, Verdict.RETRY),
+    (500, "internal error", 5, False, None, Verdict.RETRY),
+    (None, "connection refused", 5, False, None, Verdict.RETRY),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("status, words, points, create, retry_after, verdict", V2_WRITE)
+def test_each_documented_v2_reply_gets_the_verdict_of_the_table(
+    status, words, points, create, retry_after, verdict
+):
+    reply = Reply(status, words, retry_after=retry_after, api="v2")
+    assert classify(reply, points, create) is verdict
+
+
+def test_the_same_404_creates_a_v1_database_but_only_holds_a_v2_bucket():
+    words = 'database not found: "x"'
+    assert classify(Reply(404, words, api="v1"), 5, True) is Verdict.CREATE
+    assert classify(Reply(404, words, api="v2"), 5, True) is Verdict.HOLD
