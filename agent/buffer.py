@@ -375,6 +375,7 @@ class DurableQueue:
             if after is not None and after.end is not None and after.stop > seq:
                 seq, pos = after.stop, after.end
             build = _Builder(max_lines, max_bytes, frozenset(d.encode() for d in exclude))
+            pos = self._normal(pos, seq)
             index, offset, finished, inside = self._index(pos[0]), pos[1], False, False
             while index < len(self._segments) and not build.full:
                 segment = self._segments[index]
@@ -394,6 +395,21 @@ class DurableQueue:
             if not inside:  # a frame starts there: where the head goes once this is settled
                 self._ends[seq] = end
             return Batch(build.db.decode(), tuple(build.pieces), seq, end)  # type: ignore[union-attr]
+
+    def _normal(self, pos: tuple[int, int], seq: int) -> tuple[int, int]:
+        """``pos`` as a place to read from: past the end of a segment that ``seq`` is beyond,
+        or in a segment deleted since, reading goes on at the start of the next one."""
+        number, offset = pos
+        for segment in self._segments:
+            if segment.number < number:
+                continue
+            if segment.number > number:
+                return segment.number, 0
+            if offset >= segment.frames_end and segment.next <= seq and segment is not self._active:
+                number, offset = segment.number + 1, 0
+                continue
+            return number, offset
+        return self._active.number, min(offset, self._active.frames_end)
 
     def _index(self, number: int) -> int:
         for i, segment in enumerate(self._segments):
@@ -631,7 +647,7 @@ class DurableQueue:
             return
         known = self._ends.get(self._head)
         if known is not None:
-            self._head_pos, self._head_skip = known, 0
+            self._head_pos, self._head_skip = self._normal(known, self._head), 0
         else:
             number, offset, self._oldest, self._head_skip = head_frame(self._segments, self._head)
             self._head_pos = (number, offset)

@@ -611,3 +611,20 @@ def test_sync_fdatasyncs_the_segment_it_appended_to_and_new_segments_fsync_their
     q.sync()
     assert calls == [("fdatasync", str(segment_files(tmp_path)[-1]))]
     q.close()
+
+
+def test_batches_that_end_exactly_at_a_segments_end_go_on_in_the_next_segment(tmp_path):
+    q = DurableQueue(tmp_path, "q", max_bytes=1 << 20)  # 128 KiB segments
+    lines = [line(i, pad=60) for i in range(4000)]
+    for i in range(0, len(lines), 100):
+        q.append([("a", ln) for ln in lines[i : i + 100]])
+    per_segment = [s.next - s.first for s in q._segments[:-1]]
+    assert len(per_segment) >= 2
+    size = per_segment[0]  # a batch exactly one segment long
+    got, after = [], None
+    while batch := q.peek(size, 1 << 30, after=after):
+        got += [e.line for e in batch]
+        after = batch
+        q.remove(batch)
+    assert got == lines and q.depth == 0
+    q.close()
