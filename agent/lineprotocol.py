@@ -1,4 +1,4 @@
-"""InfluxDB 1.x line protocol: escaping, and the ``info``/``data`` points of design.md section 3.
+"""InfluxDB 1.x line protocol: escaping, and what a line can carry (its limits and their source).
 
 Escaping follows the 1.x spec exactly, so what the ``influx`` CLI reads back equals what the
 kit sent: tag keys, tag values and field keys escape comma, ``=`` and space; measurement
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 SERVER_KEY_BYTES = 65_535  # series key + "#!~#" + field key, as influxd 1.x counts it
 MAX_KEY_BYTES = 32_768  # what sensorkit lets through: half the server's room
@@ -217,7 +217,3 @@ def encode_point(
         return None
     return f"{','.join(parts)} {','.join(encoded)} {int(timestamp)}"
 
-
-def join_lines(lines: Iterable[str]) -> bytes:
-    """A request body: lines joined by newlines, UTF-8."""
-    return "\n".join(lines).encode("utf-8")

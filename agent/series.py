@@ -1,4 +1,4 @@
-"""Telegrams to the InfluxDB series of design.md: ``info`` per ident, ``data`` per record.
+"""Telegrams to the InfluxDB series of docs/design.md section 3: ``info`` and ``data``.
 
 ``info`` has tag ``label`` and the other ident keys as string fields (lists joined with ``,``).
 ``data`` has tags ``label``, ``geolocation`` and ``new`` (``1`` on the first data point after

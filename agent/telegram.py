@@ -1,4 +1,4 @@
-"""Ident and data telegrams: frozen dataclasses and their JSON forms (design.md section 3).
+"""Ident and data telegrams: frozen dataclasses and their JSON forms (docs/design.md section 3).
 
 A file holds either one object ``{"ident": {...}, "data": [...]}`` (its keys in any order) or
 JSON Lines, each line ``{"ident": {...}}`` or ``{"data": {...}}`` (or both); a data record

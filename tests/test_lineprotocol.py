@@ -25,7 +25,6 @@ from agent.lineprotocol import (
     escape_key,
     escape_measurement,
     format_field,
-    join_lines,
     quote_string,
 )
 from agent.series import SeriesEncoder, data_point, info_point
@@ -124,7 +123,6 @@ def test_encode_point_sorts_tags_drops_empty_tags_and_unsendable_fields():
                         {"x": 1, "nan": math.nan, "s": "t"}, 1494777772)  # fmt: skip
     assert line == 'data,label=a\\ b,new=1 x=1.0,s="t" 1494777772'
     assert encode_point("data", {"label": "a"}, {"nan": math.nan, "inf": math.inf}, 5) is None
-    assert join_lines(["a f=1.0 1", "b f=ü 2"]) == "a f=1.0 1\nb f=ü 2".encode()
 
 
 def test_the_testdata_encodes_to_the_expected_lines():

@@ -1,4 +1,4 @@
-"""Telegrams: both JSON forms of design.md, refusals naming file + line + reason, frozen types."""
+"""Telegrams: both JSON forms of docs/design.md, refusals naming file + line + reason, frozen types."""
 
 from __future__ import annotations
 
