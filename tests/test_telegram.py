@@ -1,4 +1,4 @@
-"""Telegrams: both JSON forms of docs/design.md, refusals naming file + line + reason, frozen types."""
+"""Telegrams: both JSON forms of docs/design.md, refusals naming file, line and reason."""
 
 from __future__ import annotations
 
