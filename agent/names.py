@@ -1,34 +1,24 @@
 """The names provisioning puts on a server: project, serial, user. One rule, refused early.
 
-InfluxDB 1.x refuses a database name unless ``meta.ValidName`` holds: not empty, not ``.``
-or ``..``, every rune printable, no ``/`` or ``\\``. The project adds: no space and no ``"``
-(the same rule as ``[kit] project`` in agent/config.py and the ident check in
-agent/telegram.py; a shared validator is being written there and should replace this one).
+Project and serial follow the rule every part of sensorkit uses for a database name,
+:func:`agent.lineprotocol.check_database_name` (InfluxDB's own, plus no space and no ``"``).
 A name that passes can still hold ``;``, ``'`` or an InfluxQL keyword: those are quoted, not
 refused (see ``agent.influx.quote_ident``).
 """
 
 from __future__ import annotations
 
-NAME_RULE = "printable text, not empty, not '.' or '..', without '/', '\\', spaces or '\"'"
+from agent.lineprotocol import check_database_name
+
+NAME_RULE = (
+    "printable text of at most 255 bytes, not empty, not '.' or '..', without '/', '\\', "
+    "spaces or '\"'"
+)
 
 
 def name_problem(name: str) -> str | None:
     """Why ``name`` cannot name a kit's database part or user, or None when it can."""
-    if name == "":
-        return "is empty"
-    if name in (".", ".."):
-        return f"is {name!r}, which InfluxDB refuses as a name"
-    for char in name:
-        if char in "/\\":
-            return f"holds {char!r}, which InfluxDB refuses in a database name"
-        if char == " ":
-            return "holds a space, which the project does not allow in names"
-        if char == '"':
-            return "holds '\"', which the project does not allow in names"
-        if not char.isprintable():
-            return f"holds the non-printable character U+{ord(char):04X}"
-    return None
+    return check_database_name(name)
 
 
 def user_problem(name: str) -> str | None:

@@ -14,8 +14,9 @@ only the difference is run, so a second run changes nothing and says so item by 
   on the raw database only. An existing user's password is left alone unless
   ``--rotate-password``.
 
-Every name is checked (agent/names.py) and quoted; passwords travel as InfluxQL literals in
-a POST body, are masked in ``--dry-run`` and never appear in a message.
+Every name is checked (agent/names.py: the rule of agent/lineprotocol.py) and quoted;
+passwords travel as InfluxQL literals in a POST body, are masked in ``--dry-run`` and never
+appear in a message.
 """
 
 from __future__ import annotations

@@ -409,10 +409,10 @@ def test_dry_run_prints_the_influxql_masks_passwords_and_changes_nothing(server,
     [
         ('Q"x', "k1", "holds '\"'"),
         ("Back\\slash", "k1", "holds '\\\\'"),
-        ("Sp ace", "k1", "holds a space"),
+        ("Sp ace", "k1", "holds ' '"),
         ('x";DROP', "k1", "holds '\"'"),
-        ("New\nDROP DATABASE Make_k1", "k1", "non-printable character U+000A"),
-        ("..", "k1", "is '..'"),
+        ("New\nDROP DATABASE Make_k1", "k1", "unprintable character U+000A"),
+        ("..", "k1", "is '.' or '..'"),
         ("a/b", "k1", "holds '/'"),
         ("Bell\x07", "k1", "U+0007"),
         ("Ok", "k1_means", "ends like another kit's means database"),
@@ -658,7 +658,7 @@ def test_options_that_do_not_go_together_are_bad_usage(server, tmp_path, args, e
         ),
         (
             "project,serial,label,geolocation\nA,k1,,\nA b,k2,,\n",
-            "line 3: project 'A b' holds a space",
+            "line 3: project 'A b' holds ' '",
         ),
         (
             "project,serial,label,geolocation\n\nA,k1,,\nA,k1,,\n",
