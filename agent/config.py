@@ -451,17 +451,7 @@ def resolve_password(
         _warn_if_readable(path, "password", s.name)
         return password, source
     if password_file:
-        pw_path = path.parent / password_file
-
-        def file_fail(problem: str) -> ConfigError:
-            return s.fail(
-                "password_file",
-                f"{problem}; allowed: a file the agent can read, holding the password on one line",
-            )
-
-        value = _read_secret(pw_path, f"cannot read {pw_path}", str(pw_path), file_fail)
-        _warn_if_readable(pw_path, "password_file", s.name)
-        return value, source
+        return _secret_file(s, path.parent / password_file, "password_file", "password"), source
     if source.startswith("$"):
         value = environ[env_var]
         if "\n" in value.strip():
@@ -632,16 +622,7 @@ def _influx_v2(s: _Section, path: Path, api: str) -> _V2Target:
     if token and token_file:
         raise s.fail("token_file", "is set and so is token; allowed: one of token, token_file")
     if token_file:
-        token_path = path.parent / token_file
-
-        def file_fail(problem: str) -> ConfigError:
-            return s.fail(
-                "token_file",
-                f"{problem}; allowed: a file the agent can read, holding the API token on one line",
-            )
-
-        token = _read_secret(token_path, f"cannot read {token_path}", str(token_path), file_fail)
-        _warn_if_readable(token_path, "token_file", secret="API token")
+        token = _secret_file(s, path.parent / token_file, "token_file", "API token")
     elif token:
         _warn_if_readable(path, "token", secret="API token")
     needed = {
@@ -658,6 +639,20 @@ def _influx_v2(s: _Section, path: Path, api: str) -> _V2Target:
             key, "holds a space or a control character; allowed: the API token as InfluxDB gave it"
         )
     return _V2Target(org, bucket, token)
+
+
+def _secret_file(s: _Section, file: Path, key: str, what: str) -> str:
+    """The secret (a password, a token) a ``*_file`` key names, warned about if others may
+    read it."""
+
+    def fail(problem: str) -> ConfigError:
+        return s.fail(
+            key, f"{problem}; allowed: a file the agent can read, holding the {what} on one line"
+        )
+
+    value = _read_secret(file, f"cannot read {file}", str(file), fail)
+    _warn_if_readable(file, key, s.name, secret=what)
+    return value
 
 
 def _warn_if_readable(

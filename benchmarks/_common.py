@@ -16,7 +16,28 @@ for _p in (ROOT, ROOT / "tests"):
 
 from influxd import InfluxServer, influxd_binary  # noqa: E402  (tests/influxd.py)
 
-__all__ = ["ROOT", "InfluxServer", "influxd_binary", "data_lines", "write_ini", "emit", "tmpdir"]
+__all__ = [
+    "ROOT",
+    "SENSORS",
+    "InfluxServer",
+    "influxd_binary",
+    "data_lines",
+    "write_ini",
+    "emit",
+    "tmpdir",
+]
+
+SENSORS = """[dylos]
+enabled = yes
+backend = simulated
+[dht22]
+enabled = yes
+backend = simulated
+[bme280]
+enabled = yes
+backend = simulated
+"""
+"""All three sensors on their simulated backends (as on the bench)."""
 
 TAGS = r"data,geolocation=51.42\,6.13\,22.9,label=bench,new=0"
 START = 1_700_000_000  # 2023-11-14: well inside InfluxDB's default (infinite) retention

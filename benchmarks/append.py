@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, InfluxServer, data_lines, emit, tmpdir, write_ini  # noqa: E402
+from _common import ROOT, SENSORS, InfluxServer, data_lines, emit, tmpdir, write_ini  # noqa: E402
 
 from agent.buffer import COUNTERS_EVERY, DurableQueue  # noqa: E402
 from agent.config import load  # noqa: E402
@@ -48,16 +48,6 @@ from agent.telegram import parse_telegrams  # noqa: E402
 PAGE = 4096
 DAY = 86400
 WARMUP = 30.0
-SENSORS = """[dylos]
-enabled = yes
-backend = simulated
-[dht22]
-enabled = yes
-backend = simulated
-[bme280]
-enabled = yes
-backend = simulated
-"""
 
 
 def shipped_interval() -> int:

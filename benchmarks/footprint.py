@@ -35,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     ROOT,
+    SENSORS,
     InfluxServer,
     cpu_seconds,
     data_lines,
@@ -45,17 +46,6 @@ from _common import (  # noqa: E402
 
 from agent.buffer import DurableQueue  # noqa: E402
 
-SENSORS = """[dylos]
-enabled = yes
-backend = simulated
-speedup = 60
-[dht22]
-enabled = yes
-backend = simulated
-[bme280]
-enabled = yes
-backend = simulated
-"""
 WARMUP = 10.0
 
 
