@@ -369,8 +369,16 @@ def test_loop_url_parses_bytes_written_into_the_same_port(loop):
 def test_socket_url_reads_a_tcp_serial_server(closing):
     with socket.create_server(("127.0.0.1", 0)) as server:
         host, port = server.getsockname()
-        driver = closing(Dylos(f"socket://{host}:{port}", read_timeout=0.2))
-        conn, _ = server.accept()
+        server.settimeout(0.2)
+        driver = closing(Dylos(f"socket://{host}:{port}", read_timeout=0.2, retry_base=0.05))
+        deadline = time.monotonic() + 20
+        while True:  # the driver connects when opened, or (a busy machine) on a later read()
+            try:
+                conn, _ = server.accept()
+                break
+            except TimeoutError:
+                assert time.monotonic() < deadline, f"never connected: {driver.last_error}"
+                driver.read()
         with conn:
             conn.sendall(b"5,21\r\n515,21\r\n")
             assert collect(driver, 1) == [(515.0, 21.0)]
