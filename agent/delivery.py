@@ -199,10 +199,6 @@ class Delivery:
         running = self._thread is not None and self._thread.is_alive()
         return running and time.monotonic() - self._beat < 30
 
-    @property
-    def sink_timeout(self) -> float:
-        return float(getattr(getattr(self.sink, "client", None), "timeout", 10.0))
-
     def close(self) -> None:
         """Stop the sender; whatever is undelivered stays safely in the queue.
 
@@ -220,7 +216,7 @@ class Delivery:
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.sink_timeout + 5)
+            self._thread.join(timeout=self.sink.timeout + 5)
         with self._lock:
             if self._state.last_error:  # for `sensorkit status` once this process is gone
                 self.counters.set("last_error", self._state.last_error)
@@ -308,7 +304,7 @@ class Delivery:
                     continue
                 wait(flying, timeout=1.0, return_when=FIRST_COMPLETED)
                 self._sync()
-            wait(flying, timeout=self.sink_timeout + 1)
+            wait(flying, timeout=self.sink.timeout + 1)
             for future in flying:
                 if future.done():
                     self._settled(future)

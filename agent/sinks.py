@@ -26,6 +26,7 @@ from agent.influx import InfluxClient, InfluxError, Response, quote_ident, secon
 class Sink(Protocol):
     url: str  # where it sends (no credentials), for messages and status
     user: str | None
+    timeout: float  # the longest one request may take, in seconds
     may_create: bool  # whether a missing target may be created
 
     def ready(self, db: str) -> Reply: ...
@@ -46,6 +47,7 @@ class InfluxV1Sink:
         self.client = client
         self.url = client.url
         self.user = client.username or None
+        self.timeout = client.timeout
         self.may_create = create_database
 
     def ready(self, db: str) -> Reply:
@@ -148,6 +150,7 @@ class InfluxV2Sink:
         self.bucket = bucket
         self.url = client.url
         self.user = f"a token of org {org!r} (bucket {bucket!r})"  # never the token itself
+        self.timeout = client.timeout
 
     def ready(self, db: str) -> Reply:
         """Nothing to make ready: the bucket exists or the write says it does not (404)."""
