@@ -51,6 +51,7 @@ from agent.recovery import (
     head_frame,
     legacy_stats,
     make_stats,
+    pack_head,
     read_stats,
     scan,
     survey,
@@ -507,6 +508,7 @@ class DurableQueue:
                 break
             if isinstance(item, Damage) or item.bad:
                 self._inspect(segment)  # the damaged points are settled now
+                seq = max(seq, self._head)  # the head may have moved past them
                 if isinstance(item, Damage):
                     continue
             if item.seq + item.count <= seq or item.db in build.exclude:
@@ -681,7 +683,15 @@ class DurableQueue:
         data = self._read(segment, 0, segment.size)
         index = self._segments.index(segment)
         prior = self._segments[index - 1].next if index else segment.first
-        lost, fresh = scan(self.directory, self.name, segment, data, prior, known_next=segment.next)
+        lost, fresh = scan(
+            self.directory,
+            self.name,
+            segment,
+            data,
+            prior,
+            known_next=segment.next,
+            head=self._head,
+        )
         segment.damaged = True
         settled = 0
         for a, b in lost.ranges():
@@ -731,7 +741,7 @@ class DurableQueue:
             return
         tmp = self._head_path.with_suffix(".tmp")
         try:
-            tmp.write_text(f"{self._head}\n")
+            tmp.write_text(pack_head(self._head))
             os.replace(tmp, self._head_path)
         except OSError as err:  # costs only some re-sending after a restart
             log.debug("queue %s: head not recorded: %s", self.name, err)

@@ -98,17 +98,19 @@ class Survey:
 def survey(directory: Path, name: str, repair: bool) -> Survey:
     """Read the head and each segment's summary; with ``repair``, mend what a crash left."""
     folder = directory / f"{name}.log"
-    try:
-        head = int((directory / f"{name}.head").read_text().strip() or 0)
-    except (OSError, ValueError):
-        head = 0
+    head = read_head(directory / f"{name}.head", name)
     paths = sorted(folder.glob("*.seg")) if folder.is_dir() else []
     found: list[SegmentInfo] = []
     missing = Intervals()
     damaged = 0
     for i, path in enumerate(paths):
-        prior = found[-1].next if found else None
-        scanned = load(directory, name, path, i == len(paths) - 1, prior, repair)
+        # the first segment's points start at the head at the earliest (those below it
+        # were delivered): what measures damage at its very start
+        prior = found[-1].next if found else head
+        known_next = first_seq(paths[i + 1]) if i + 1 < len(paths) else None
+        scanned = load(
+            directory, name, path, i == len(paths) - 1, prior, repair, head, known_next
+        )
         if scanned is None:
             continue
         segment, lost, fresh = scanned
@@ -129,11 +131,67 @@ def survey(directory: Path, name: str, repair: bool) -> Survey:
     return Survey(found, head, next_seq, missing, damaged)
 
 
+def read_head(path: Path, name: str = "") -> int:
+    """The head recorded in ``path`` (``<seq> <crc32>``; 0 when absent or damaged: the
+    segments on disk then say where the queue starts, re-sending rather than losing)."""
+    try:
+        fields = path.read_text().split()
+    except (OSError, UnicodeDecodeError):
+        return 0
+    try:
+        if len(fields) == 1 and fields[0].isdigit():  # written before the CRC was added
+            return int(fields[0])
+        if len(fields) == 2 and fields[0].isdigit():
+            head = int(fields[0])
+            if int(fields[1], 16) == zlib.crc32(b"%d" % head):
+                return head
+    except ValueError:
+        pass
+    if fields:
+        log.warning("queue %s: %s is damaged; reading from the oldest segment kept", name, path)
+    return 0
+
+
+def pack_head(head: int) -> str:
+    return f"{head} {zlib.crc32(b'%d' % head):08x}\n"
+
+
+def first_seq(path: Path) -> int | None:
+    """The first sequence number a segment holds, from its trailer or its first frame when
+    they check; None when neither does."""
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(segments.MAX_HEADER)
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(max(0, size - segments.MAX_HEADER))
+            tail = handle.read()
+    except OSError:
+        return None
+    at = tail.rfind(b"\n#z ")
+    trailer = segments.header(tail, at + 1) if at >= 0 else None
+    if isinstance(trailer, Trailer) and trailer.stop == len(tail):
+        return trailer.first
+    frame = segments.header(start, 0)
+    if isinstance(frame, Frame) and frame.stop < len(start) and segments.check(start, frame):
+        return frame.seq
+    return None
+
+
 def load(
-    directory: Path, name: str, path: Path, last: bool, prior: int | None, repair: bool
+    directory: Path,
+    name: str,
+    path: Path,
+    last: bool,
+    prior: int | None,
+    repair: bool,
+    head: int = 0,
+    known_next: int | None = None,
 ) -> tuple[SegmentInfo, Intervals, int] | None:
     """One segment: its summary, the sequence ranges lost in it, and how many points were
-    newly found damaged (to be counted); None for an empty file that is not the last."""
+    newly found damaged (to be counted); None for an empty file that is not the last.
+
+    ``known_next`` is the next segment's first sequence number, when known: where damage at
+    this one's end stops costing points."""
     number = int(path.stem)
     size = path.stat().st_size
     if size == 0:
@@ -144,7 +202,7 @@ def load(
         return SegmentInfo(number, path, prior or 0, prior or 0), Intervals(), 0
     with open(path, "rb") as handle:
         start = handle.read(min(size, segments.MAX_HEADER))
-        if not start.startswith(b"#"):
+        if _is_legacy(start):
             data = _legacy(name, path, repair)
         else:
             if not last:
@@ -155,7 +213,9 @@ def load(
             handle.seek(0)
             data = handle.read()
     segment = SegmentInfo(number, path, prior or 0, prior or 0)
-    lost, fresh = scan(directory, name, segment, data, prior, repair, last)
+    lost, fresh = scan(
+        directory, name, segment, data, prior, repair, last, None if last else known_next, head
+    )
     return segment, lost, fresh
 
 
@@ -191,12 +251,14 @@ def scan(
     repair: bool = True,
     last: bool = False,
     known_next: int | None = None,
+    head: int = 0,
 ) -> tuple[Intervals, int]:
     """Read a whole segment frame by frame and fill in ``segment``.
 
     Returns the sequence ranges that are not there (damaged points, with the gaps around
     damage) and how many points were newly found damaged. With ``repair``, damage is set
     aside; a torn end of the last segment is cut off (its points were never made durable).
+    Points below ``head`` were delivered: damage to them costs nothing and is not counted.
     """
     lost = Intervals()
     expected = prior
@@ -211,9 +273,14 @@ def scan(
         """Points between the last good frame and ``until``: lost in the pending damage."""
         if pending is not None and expected is not None and until > expected:
             lost.add(expected, until)
-            damage.append((pending, until - expected))
+            damage.append((pending, max(0, until - max(expected, head))))
         elif pending is not None:  # nothing to measure the gap by: at least one point
             damage.append((pending, 1 if expected is None else 0))
+
+    at = data.rfind(b"\n#z ")
+    seal = segments.header(data, at + 1) if at >= 0 else None
+    if isinstance(seal, Trailer) and (expected is None or expected < seal.first):
+        expected = seal.first  # a sealed segment says where it starts, even damaged there
 
     for item in segments.walk(data):
         if isinstance(item, Damage):
@@ -234,7 +301,7 @@ def scan(
         segment.dbs.add(item.db)
         for index in item.bad:
             lost.add(item.seq + index, item.seq + index + 1)
-            bad_lines.append((item, index))
+            bad_lines.append((item, index))  # counted when at or above the head
         expected = item.seq + item.count
     torn: Damage | None = None
     torn_points = 0
@@ -242,10 +309,15 @@ def scan(
         if last and known_next is None:
             torn = pending
             guess = segments.header(data, torn.offset)
-            torn_points = guess.count if isinstance(guess, Frame) and guess.seq == expected else 1
+            whole = isinstance(guess, Frame) and (guess.seq == expected or first is None)
+            torn_points = guess.count if whole else 1  # type: ignore[union-attr]
+            if whole and expected is not None and guess.seq < head:  # type: ignore[union-attr]
+                torn_points = max(0, guess.seq + guess.count - head)  # type: ignore[union-attr]
+        elif known_next is not None:  # the next segment says where this one ends
+            gap(known_next)
         else:
             start = expected if expected is not None else segment.first
-            gap(max(known_next or 0, start + 1))
+            gap(start + 1)
     segment.first = first.seq if first else (expected if expected is not None else segment.first)
     if trailer is not None:
         segment.next = trailer.next
@@ -284,7 +356,7 @@ def scan(
         )
         stop = data.find(b"\n", start) + 1
         if set_aside(directory, name, segment, start, data[start:stop]):
-            fresh += 1
+            fresh += frame.seq + index >= head
             log.error(
                 "queue %s: %s: point %d is damaged, set aside in %s.corrupt/ and counted "
                 "as dropped",
@@ -324,6 +396,16 @@ def set_aside(directory: Path, name: str, segment: SegmentInfo, offset: int, blo
 
 
 _LEGACY = struct.Struct(">IQdHI")  # crc32 of the rest, seq, queued time, len(db), len(line)
+
+
+def _is_legacy(start: bytes) -> bool:
+    """True when ``start`` opens with a whole record of sensorkit 0.1 that checks (a framed
+    segment whose first byte is damaged is not one: its damage is set aside as any other)."""
+    if len(start) < _LEGACY.size or start.startswith(b"#"):
+        return False
+    crc, _, _, db_len, line_len = _LEGACY.unpack_from(start)
+    stop = _LEGACY.size + db_len + line_len
+    return stop <= len(start) and zlib.crc32(start[4:stop]) == crc
 
 
 def _legacy(name: str, path: Path, repair: bool) -> bytes:

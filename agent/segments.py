@@ -132,11 +132,15 @@ def check(data, frame: Frame) -> Frame | None:
     if not lines.endswith(b"\n") or lines.count(b"\n") != frame.count:
         return None
     crcs = bytes(data[frame.offset : frame.body]).split(b" ", 5)[4].split(b",")
+    try:
+        wanted = [int(crc, 16) for crc in crcs]
+    except ValueError:  # a CRC that is no number: the frame line is what is damaged
+        return None
     base = _base(frame.queued, frame.db)
     bad = tuple(
         i
-        for i, (line, crc) in enumerate(zip(lines.split(b"\n"), crcs, strict=False))
-        if _line_crc(base, frame.seq + i, line) != int(crc, 16)
+        for i, (line, crc) in enumerate(zip(lines.split(b"\n"), wanted, strict=False))
+        if _line_crc(base, frame.seq + i, line) != crc
     )
     if len(bad) == frame.count:
         return None

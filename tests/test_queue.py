@@ -628,3 +628,115 @@ def test_batches_that_end_exactly_at_a_segments_end_go_on_in_the_next_segment(tm
         q.remove(batch)
     assert got == lines and q.depth == 0
     q.close()
+
+
+# -- found by the model (tests/test_queue_model.py) --------------------------------------------
+
+
+def sealed_then_active(tmp_path: Path, n: int = 200) -> list[str]:
+    """``n`` points of 40-line appends in a 12 KiB queue: sealed segments and an active one."""
+    q = DurableQueue(tmp_path, "q", max_bytes=1 << 20)
+    lines = [line(i, pad=40) for i in range(n)]
+    for i in range(0, n, 40):
+        q.append([("a", ln) for ln in lines[i : i + 40]])
+    q.close()
+    return lines
+
+
+def small_segments(tmp_path: Path) -> list[str]:
+    """120 points in appends of 20 to a 12 KiB queue: 4 KiB segments, several sealed."""
+    q = DurableQueue(tmp_path, "q", max_bytes=12 * 1024)
+    lines = [line(i, pad=40) for i in range(120)]
+    for i in range(0, 120, 20):
+        q.append([("a", ln) for ln in lines[i : i + 20]])
+    q.close()
+    assert len(segment_files(tmp_path)) >= 2
+    return lines
+
+
+def test_a_damaged_point_at_the_head_found_while_reading_is_not_sent(tmp_path):
+    # Reading frame by frame, the damaged point was set aside and counted, and then sent
+    # anyway (garbled: a wrong value stored in InfluxDB) because the read went on from
+    # where the head had been before the damage settled it.
+    lines = small_segments(tmp_path)
+    data = segment_files(tmp_path)[0].read_bytes()
+    first = next(f for f in segments.walk(data) if isinstance(f, segments.Frame))
+    flip(segment_files(tmp_path)[0], first.body + 20, 0x1C)  # in point 0, a sealed segment
+    q = DurableQueue(tmp_path, "q", max_bytes=12 * 1024)
+    got = [ln for _, ln in drain(q)]
+    assert got == lines[1:]
+    assert q.stats().dropped_by == {"damaged": 1}
+    q.close()
+
+
+def test_a_crc_field_that_is_no_hex_number_costs_its_frame_not_the_start_up(tmp_path):
+    # int(crc, 16) raised ValueError out of segments.check: the agent could not start.
+    lines = sealed_then_active(tmp_path, 80)
+    path = segment_files(tmp_path)[-1]
+    data = path.read_bytes()
+    frame = next(f for f in segments.walk(data) if isinstance(f, segments.Frame))
+    crcs = data.index(b" ", data.index(b" ", data.index(b" ", 3) + 1) + 1) + 1  # 4th field
+    blob = bytearray(data)
+    blob[crcs + 2] = ord("g")
+    path.write_bytes(bytes(blob))
+    q = DurableQueue(tmp_path, "q")
+    assert [ln for _, ln in drain(q)] == lines[frame.count :]
+    assert q.stats().dropped_by == {"damaged": frame.count}
+    q.close()
+
+
+def test_a_segment_whose_first_byte_is_damaged_is_not_taken_for_the_old_format(tmp_path):
+    # Any first byte but "#" made it a 0.1 segment: "converted" to nothing and rewritten,
+    # every point in it lost without a count.
+    lines = sealed_then_active(tmp_path, 80)
+    path = segment_files(tmp_path)[0]
+    frame = next(f for f in segments.walk(path.read_bytes()) if isinstance(f, segments.Frame))
+    flip(path, 0, 0x40)
+    q = DurableQueue(tmp_path, "q")
+    assert [ln for _, ln in drain(q)] == lines[frame.count :]
+    assert q.stats().dropped_by == {"damaged": frame.count}  # the first frame, counted
+    q.close()
+
+
+def test_a_damaged_head_file_resends_rather_than_skips(tmp_path):
+    # The head file had no check: a flipped digit moved the head forward over undelivered
+    # points (lost, uncounted) or back over delivered ones.
+    lines = sealed_then_active(tmp_path, 80)
+    q = DurableQueue(tmp_path, "q")
+    q.remove(q.peek(10, 1 << 20))
+    q.close()
+    head = tmp_path / "q.head"
+    assert head.read_text().split()[0] == "10"
+    head.write_text(head.read_text().replace("10", "70", 1))
+    q = DurableQueue(tmp_path, "q")
+    assert [ln for _, ln in drain(q)] == lines  # all of the segment again, nothing skipped
+    assert q.stats().dropped == 0
+    q.close()
+
+
+def test_damage_below_the_head_costs_nothing_and_is_not_counted(tmp_path):
+    lines = sealed_then_active(tmp_path, 80)
+    q = DurableQueue(tmp_path, "q")
+    while q.depth > 20:
+        q.remove(q.peek(q.depth - 20, 1 << 20))
+    q.close()
+    path = segment_files(tmp_path)[0]
+    frame = next(f for f in segments.walk(path.read_bytes()) if isinstance(f, segments.Frame))
+    flip(path, frame.body + 20)  # point 0: delivered already
+    q = DurableQueue(tmp_path, "q")
+    assert [ln for _, ln in drain(q)] == lines[60:]
+    assert q.stats().dropped == 0
+    q.close()
+
+
+def test_a_damaged_trailer_costs_no_point(tmp_path):
+    # The damaged trailer was counted as a lost point, and the next segment's first point
+    # (intact) was skipped as that loss.
+    lines = small_segments(tmp_path)
+    sealed = segment_files(tmp_path)[0]
+    data = sealed.read_bytes()
+    flip(sealed, data.rindex(b"\n#z ") + 6)
+    q = DurableQueue(tmp_path, "q", max_bytes=12 * 1024)
+    assert [ln for _, ln in drain(q)] == lines
+    assert q.stats().dropped == 0
+    q.close()
