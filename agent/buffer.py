@@ -244,6 +244,7 @@ class DurableQueue:
             self._settled.add(max(a, self._head), b)
         for seq in self.store.seqs_from(self._head):
             self._settled.add(seq, seq + 1)
+        self.store.forget_below(self._head)
         self._ends: dict[int, tuple[int, int]] = {}  # seq -> (segment, offset) of its frame
         self._head_pos: tuple[int, int] = (0, 0)  # (segment, offset) of the head's frame
         self._head_skip = 0  # bytes of that frame before the head (settled lines)

@@ -18,7 +18,11 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY AUTOINCREMENT, seq INTEGER, db TEXT NOT NULL, line TEXT NOT NULL,
     reason TEXT NOT NULL, queued REAL NOT NULL, quarantined REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS settled (seq INTEGER PRIMARY KEY);
 """
+# ``settled``: sequence numbers of points that left the quarantine (dropped when it was full,
+# or released after a resend). Their lines may still lie in a segment above the head: the
+# queue must keep them settled after a restart, or they would be sent again.
 
 
 @dataclass(frozen=True)
@@ -71,25 +75,35 @@ class QuarantineStore:
                 raise
 
     def seqs_from(self, first: int) -> list[int]:
-        """Sequence numbers of held points at or above ``first`` (settled in the queue)."""
+        """Sequence numbers of held points at or above ``first``, and of points that left the
+        quarantine (all settled in the queue)."""
         with self._lock:
             if self._db is None:
                 return []
             return [
                 s
                 for (s,) in self._db.execute(
-                    "SELECT seq FROM quarantine WHERE seq >= ? ORDER BY seq", (first,)
+                    "SELECT seq FROM quarantine WHERE seq >= ? UNION "
+                    "SELECT seq FROM settled WHERE seq >= ? ORDER BY seq",
+                    (first, first),
                 )
             ]
 
+    def forget_below(self, head: int) -> None:
+        """Points below the queue's head need no marking as settled any more."""
+        with self._lock:
+            if self._db is not None:
+                self._db.execute("DELETE FROM settled WHERE seq < ?", (head,))
+
     def top(self) -> int:
-        """One past the highest sequence number held (0 when empty)."""
+        """One past the highest sequence number held or marked settled (0 when none)."""
         with self._lock:
             if self._db is None:
                 return 0
-            return self._db.execute("SELECT coalesce(max(seq) + 1, 0) FROM quarantine").fetchone()[
-                0
-            ]
+            return self._db.execute(
+                "SELECT coalesce(max(seq) + 1, 0) FROM"
+                " (SELECT seq FROM quarantine UNION ALL SELECT seq FROM settled)"
+            ).fetchone()[0]
 
     def count(self) -> int:
         with self._lock:
@@ -126,8 +140,12 @@ class QuarantineStore:
                 doomed.append((row_id,))
                 freed += size
             self._db.execute("BEGIN")
-            self._db.executemany("DELETE FROM quarantine WHERE id = ?", doomed)
-            self._db.execute("COMMIT")
+            try:
+                _leave(self._db, doomed)
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._db.execute("ROLLBACK")
+                raise
             return len(doomed)
 
     def close(self) -> None:
@@ -180,14 +198,29 @@ def count_quarantined(path: Path) -> int:
 
 
 def held_from(path: Path, first: int) -> int:
-    """How many held points have a sequence number at or above ``first`` (read-only)."""
+    """How many points settled through the quarantine (held, or left it since) have a
+    sequence number at or above ``first`` (read-only)."""
     if not _has_table(path, "quarantine"):
         return 0
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return db.execute("SELECT count(*) FROM quarantine WHERE seq >= ?", (first,)).fetchone()[0]
+        query = "SELECT seq FROM quarantine WHERE seq >= ?"
+        args: tuple[int, ...] = (first,)
+        if _has_table(path, "settled"):
+            query += " UNION SELECT seq FROM settled WHERE seq >= ?"
+            args = (first, first)
+        return db.execute(f"SELECT count(*) FROM ({query})", args).fetchone()[0]
     finally:
         db.close()
+
+
+def _leave(db: sqlite3.Connection, ids: Sequence[tuple[int]]) -> None:
+    """Delete held points by id, keeping their sequence numbers as settled (in a transaction)."""
+    db.executemany(
+        "INSERT OR IGNORE INTO settled (seq) SELECT seq FROM quarantine WHERE id = ? AND seq >= 0",
+        ids,
+    )
+    db.executemany("DELETE FROM quarantine WHERE id = ?", ids)
 
 
 def release(path: Path, ids: Iterable[int]) -> None:
@@ -197,8 +230,9 @@ def release(path: Path, ids: Iterable[int]) -> None:
         return
     db = sqlite3.connect(path, timeout=30)
     try:
+        db.executescript(_SCHEMA)
         with db:
-            db.executemany("DELETE FROM quarantine WHERE id = ?", ids)
+            _leave(db, ids)
     finally:
         db.close()
 

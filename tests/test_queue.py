@@ -740,3 +740,25 @@ def test_a_damaged_trailer_costs_no_point(tmp_path):
     assert [ln for _, ln in drain(q)] == lines
     assert q.stats().dropped == 0
     q.close()
+
+
+def test_points_the_full_quarantine_dropped_or_released_do_not_come_back_after_a_restart(
+    tmp_path,
+):
+    # They were deleted from the quarantine, which was what kept them settled: on the next
+    # start they were queued again (sent again, refused again), and counted as dropped too.
+    q = DurableQueue(tmp_path, "q", max_bytes=100 * record_size(0))
+    q.append([("a", line(i)) for i in range(60)])
+    for entry in q.peek(50, 1 << 20)[1:]:  # point 0 still in flight: the head stays
+        q.quarantine([entry], "400: field type conflict")
+    dropped = q.stats().dropped_by["quarantine_full"]
+    held = read_quarantine(tmp_path, "q")
+    assert dropped > 0 and len(held) == 49 - dropped
+    q.close()
+    release_quarantined(tmp_path, "q", [held[0].id])  # resent by hand
+    assert read_stats(tmp_path, "q").queued == 11
+    q = DurableQueue(tmp_path, "q", max_bytes=100 * record_size(0))
+    assert q.depth == 11
+    assert [ln for _, ln in drain(q)] == [line(0)] + [line(i) for i in range(50, 60)]
+    q.close()
+    assert read_stats(tmp_path, "q").queued == 0
