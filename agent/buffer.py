@@ -379,20 +379,24 @@ class DurableQueue:
             build = _Builder(max_lines, max_bytes, frozenset(d.encode() for d in exclude))
             pos = self._normal(pos, seq)
             index, offset, finished, inside = self._index(pos[0]), pos[1], False, False
+            end: tuple[int, int] | None = None
             while index < len(self._segments) and not build.full:
                 segment = self._segments[index]
                 if segment.next > seq and not segment.empty:
                     seq, offset, finished, inside = self._take(segment, offset, seq, build)
+                    seq = max(seq, self._head)  # damage found on the way may have moved it
                     if finished:
+                        end = (segment.number, offset)
                         break
-                index, offset = index + 1, 0
+                # by number: damage found on the way may have deleted segments
+                index, offset = self._after(segment.number), 0
                 if index < len(self._segments):
                     seq = max(seq, self._segments[index].first)
             if not build.pieces:
                 return EMPTY
-            if index < len(self._segments):
+            if end is None and index < len(self._segments):
                 end = (self._segments[index].number, offset)
-            else:
+            elif end is None:
                 end = (self._active.number, self._active.frames_end)
             if not inside:  # a frame starts there: where the head goes once this is settled
                 self._ends[seq] = end
@@ -412,6 +416,13 @@ class DurableQueue:
                 continue
             return number, offset
         return self._active.number, min(offset, self._active.frames_end)
+
+    def _after(self, number: int) -> int:
+        """The index of the first segment numbered above ``number`` (or the count)."""
+        for i, segment in enumerate(self._segments):
+            if segment.number > number:
+                return i
+        return len(self._segments)
 
     def _index(self, number: int) -> int:
         for i, segment in enumerate(self._segments):
@@ -681,6 +692,8 @@ class DurableQueue:
     def _inspect(self, segment: SegmentInfo) -> None:
         """Read a segment whose CRCs did not check frame by frame: set damage aside, count
         the points it cost, and read this segment carefully from now on."""
+        if segment not in self._segments:  # deleted since: all of it settled
+            return
         data = self._read(segment, 0, segment.size)
         index = self._segments.index(segment)
         prior = self._segments[index - 1].next if index else segment.first

@@ -172,7 +172,7 @@ def first_seq(path: Path) -> int | None:
     if isinstance(trailer, Trailer) and trailer.stop == len(tail):
         return trailer.first
     frame = segments.header(start, 0)
-    if isinstance(frame, Frame) and frame.stop < len(start) and segments.check(start, frame):
+    if isinstance(frame, Frame) and segments.check(start, frame):  # None when cut short
         return frame.seq
     return None
 
@@ -274,8 +274,10 @@ def scan(
         if pending is not None and expected is not None and until > expected:
             lost.add(expected, until)
             damage.append((pending, max(0, until - max(expected, head))))
-        elif pending is not None:  # nothing to measure the gap by: at least one point
-            damage.append((pending, 1 if expected is None else 0))
+        elif pending is not None and expected is None:  # nothing to measure the gap by
+            damage.append((pending, max(1, segments.estimate(data, *pending))))
+        elif pending is not None:
+            damage.append((pending, 0))
 
     at = data.rfind(b"\n#z ")
     seal = segments.header(data, at + 1) if at >= 0 else None
@@ -310,14 +312,20 @@ def scan(
             torn = pending
             guess = segments.header(data, torn.offset)
             whole = isinstance(guess, Frame) and (guess.seq == expected or first is None)
-            torn_points = guess.count if whole else 1  # type: ignore[union-attr]
+            torn_points = (
+                guess.count  # type: ignore[union-attr]
+                if whole
+                else max(1, segments.estimate(data, torn.offset, torn.stop))
+            )
             if whole and expected is not None and guess.seq < head:  # type: ignore[union-attr]
                 torn_points = max(0, guess.seq + guess.count - head)  # type: ignore[union-attr]
         elif known_next is not None:  # the next segment says where this one ends
             gap(known_next)
+        elif data.startswith(segments.TRAILER, pending.offset) and expected is not None:
+            gap(expected)  # a damaged trailer: it held no point
         else:
             start = expected if expected is not None else segment.first
-            gap(start + 1)
+            gap(start + max(1, segments.estimate(data, *pending)))
     segment.first = first.seq if first else (expected if expected is not None else segment.first)
     if trailer is not None:
         segment.next = trailer.next
@@ -443,13 +451,22 @@ def head_frame(found: list[SegmentInfo], head: int) -> tuple[int, int, float | N
             continue
         with open(segment.path, "rb") as handle:
             data = handle.read(segment.frames_end)
+        damaged = None  # damage that may hold points from the head on: read from there
         for item in segments.walk(data):
-            if isinstance(item, Frame) and item.seq + item.count > head:
+            if isinstance(item, Damage):
+                damaged = item.offset if damaged is None else damaged
+            elif isinstance(item, Frame) and item.seq + item.count <= head:
+                damaged = None  # the damage before it was below the head too
+            elif isinstance(item, Frame):
+                if damaged is not None and item.seq > head:
+                    return segment.number, damaged, None, 0
                 skip = 0
                 if item.seq < head:
                     lines = data[item.body : item.stop].split(b"\n")[: head - item.seq]
                     skip = item.body - item.offset + sum(len(line) + 1 for line in lines)
                 return segment.number, item.offset, float(item.queued), skip
+        if damaged is not None:
+            return segment.number, damaged, None, 0
         return segment.number, len(data), None, 0
     return (found[-1].number, found[-1].size, None, 0) if found else (0, 0, None, 0)
 

@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 FRAME = b"#q "
 TRAILER = b"#z "
+_HEX = frozenset(b"0123456789abcdef")
 MAX_HEADER = 16384  # bytes of a frame or trailer line (a frame holds at most ~1000 lines)
 
 
@@ -125,6 +126,11 @@ def header(data, offset: int) -> Frame | Trailer | None:
     return None
 
 
+def _hex(field: bytes) -> int:
+    """A CRC field's value; -1 (matching no CRC) when it is damaged into no hex number."""
+    return int(field, 16) if len(field) == 8 and set(field) <= _HEX else -1
+
+
 def check(data, frame: Frame) -> Frame | None:
     """The frame with its damaged lines in ``bad``; None when its lines are not whole, or
     none of them checks (its frame line is what is damaged: its numbers cannot be trusted)."""
@@ -132,10 +138,7 @@ def check(data, frame: Frame) -> Frame | None:
     if not lines.endswith(b"\n") or lines.count(b"\n") != frame.count:
         return None
     crcs = bytes(data[frame.offset : frame.body]).split(b" ", 5)[4].split(b",")
-    try:
-        wanted = [int(crc, 16) for crc in crcs]
-    except ValueError:  # a CRC that is no number: the frame line is what is damaged
-        return None
+    wanted = [_hex(crc) for crc in crcs]  # a CRC that is no number: its line is lost
     base = _base(frame.queued, frame.db)
     bad = tuple(
         i
@@ -145,6 +148,27 @@ def check(data, frame: Frame) -> Frame | None:
     if len(bad) == frame.count:
         return None
     return frame._replace(bad=bad) if bad else frame
+
+
+def estimate(data, start: int, stop: int) -> int:
+    """How many points the damaged bytes ``data[start:stop]`` held, going by the CRC lists
+    of the frame lines in them (a damaged frame line often keeps its list) or by the points'
+    lines left in them, whichever says more; 0 when nothing is left to tell."""
+    points = lines = 0
+    for line in bytes(data[start:stop]).split(b"\n")[:-1]:
+        if sum(a == b for a, b in zip(line[:3], FRAME, strict=False)) < 2:  # a point's line
+            lines += 1
+            continue
+        points += max(  # the list: the longest field of 8-character CRCs between commas
+            (
+                (len(field) + 1) // 9
+                for field in line.split(b" ")
+                if (len(field) + 1) % 9 == 0
+                and field[8::9].count(b",") >= (len(field) + 1) // 9 - 2  # one comma hit
+            ),
+            default=0,
+        )
+    return max(points, lines)
 
 
 def walk(data, offset: int = 0) -> Iterator[Frame | Trailer | Damage]:
