@@ -259,6 +259,12 @@ class DurableQueue:
             self._segments.append(self._new_segment(number))
         else:
             self._fd = os.open(self._active.path, os.O_RDWR | os.O_APPEND)
+        held = [s for s in self._segments if not s.empty]  # what no segment holds is no point
+        if held:
+            self._settled.add(self._head, max(self._head, held[0].first))
+            self._settled.add(max(self._head, held[-1].next), self._next_seq)
+        else:
+            self._settled.add(self._head, self._next_seq)
         self._count = self._next_seq - self._head - self._settled.total
         self._disk = sum(segment.size for segment in self._segments)  # bytes of all segments
         self._count_drop("damaged", found.newly_damaged)

@@ -3,8 +3,8 @@
 Each sealed segment is summarised from two lines (its first frame and its trailer); the last
 segment, the one a crash may have cut short, is read whole: a torn last write is set aside
 and cut off, damage elsewhere is set aside and its points counted once. Damaged bytes go to
-``<name>.corrupt/<segment>-<offset>.bin``; a file there also marks that damage as counted,
-so finding it again after a restart does not count it twice.
+``<name>.corrupt/<segment>-<offset>-<crc>.bin``; a file there also marks that damage as
+counted, so finding it again after a restart does not count it twice.
 """
 
 from __future__ import annotations
@@ -321,7 +321,7 @@ def scan(
                 torn_points = max(0, guess.seq + guess.count - head)  # type: ignore[union-attr]
         elif known_next is not None:  # the next segment says where this one ends
             gap(known_next)
-        elif data.startswith(segments.TRAILER, pending.offset) and expected is not None:
+        elif expected is not None and _trailer_only(data, pending):
             gap(expected)  # a damaged trailer: it held no point
         else:
             start = expected if expected is not None else segment.first
@@ -388,12 +388,20 @@ def scan(
     return lost, fresh
 
 
+def _trailer_only(data: bytes, damage: Damage) -> bool:
+    """True when damage at a segment's end is one line, its trailer but for damaged bytes."""
+    blob = data[damage.offset : damage.stop]
+    return blob.count(b"\n") <= 1 and segments.looks_like(blob, segments.TRAILER)
+
+
 def set_aside(directory: Path, name: str, segment: SegmentInfo, offset: int, blob: bytes) -> bool:
     """Keep damaged bytes for inspection; True when they were not set aside (and counted)
     before."""
     folder = directory / f"{name}.corrupt"
-    target = folder / f"{segment.number:016d}-{offset}.bin"
-    if target.exists():
+    # named by the bytes too: segment numbers start again at 1 once a queue was emptied, so
+    # other damage can fall at the same place in a later segment of the same name
+    target = folder / f"{segment.number:016d}-{offset}-{zlib.crc32(blob):08x}.bin"
+    if target.exists() or (folder / f"{segment.number:016d}-{offset}.bin").exists():
         return False
     try:
         folder.mkdir(exist_ok=True)

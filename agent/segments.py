@@ -99,8 +99,8 @@ def pack_trailer(
 def header(data, offset: int) -> Frame | Trailer | None:
     """The frame or trailer whose line starts at ``offset``, if that line parses; else None.
 
-    A frame's lines are not checked here (see :func:`check`); its ``stop`` is where the next
-    ``#`` line starts, or the end of ``data``.
+    A frame's lines are not checked here (see :func:`check`); its ``stop`` is where its
+    ``count`` lines end, or sooner where the next ``#`` line starts, or the end of ``data``.
     """
     nl = data.find(b"\n", offset, offset + MAX_HEADER)
     if nl < 0:
@@ -114,7 +114,13 @@ def header(data, offset: int) -> Frame | Trailer | None:
                 return None
             following = data.find(b"\n#", nl)
             stop = following + 1 if following >= 0 else len(data)
-            return Frame(offset, nl + 1, stop, int(seq), count, int(queued), int(before, 16), db)
+            end = nl + 1  # or where its own lines end, if sooner: a damaged "#" after
+            for _ in range(count):  # them (the next frame's, a trailer's) costs it nothing
+                end = data.find(b"\n", end, stop) + 1
+                if not end:
+                    end = stop
+                    break
+            return Frame(offset, nl + 1, end, int(seq), count, int(queued), int(before, 16), db)
         if line.startswith(TRAILER):
             _, first, nxt, points, oldest, before, crc, dbs = line.split(b" ", 7)
             numbers = int(first), int(nxt), int(points), int(oldest), int(before, 16)
@@ -150,13 +156,20 @@ def check(data, frame: Frame) -> Frame | None:
     return frame._replace(bad=bad) if bad else frame
 
 
+def looks_like(line, start: bytes) -> bool:
+    """True when ``line`` begins with ``start`` (``#q `` or ``#z ``) but for a damaged byte."""
+    return sum(a == b for a, b in zip(line[:3], start, strict=False)) >= 2
+
+
 def estimate(data, start: int, stop: int) -> int:
     """How many points the damaged bytes ``data[start:stop]`` held, going by the CRC lists
     of the frame lines in them (a damaged frame line often keeps its list) or by the points'
     lines left in them, whichever says more; 0 when nothing is left to tell."""
     points = lines = 0
     for line in bytes(data[start:stop]).split(b"\n")[:-1]:
-        if sum(a == b for a, b in zip(line[:3], FRAME, strict=False)) < 2:  # a point's line
+        if looks_like(line, TRAILER):
+            continue
+        if not looks_like(line, FRAME):  # a point's line
             lines += 1
             continue
         points += max(  # the list: the longest field of 8-character CRCs between commas
