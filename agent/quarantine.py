@@ -246,3 +246,18 @@ def legacy_counters(path: Path) -> dict[str, object]:
         return dict(db.execute("SELECT key, value FROM counters").fetchall())
     finally:
         db.close()
+
+
+def settled_from(path: Path, first: int) -> set[int]:
+    """Sequence numbers at or above ``first`` settled through the quarantine (held, or left
+    it since), read-only: points whose loss to damage costs nothing more."""
+    if not _has_table(path, "quarantine"):
+        return set()
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        seqs = {s for (s,) in db.execute("SELECT seq FROM quarantine WHERE seq >= ?", (first,))}
+        if _has_table(path, "settled"):
+            seqs |= {s for (s,) in db.execute("SELECT seq FROM settled WHERE seq >= ?", (first,))}
+        return seqs
+    finally:
+        db.close()

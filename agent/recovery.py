@@ -19,7 +19,7 @@ from pathlib import Path
 from agent import segments
 from agent.counters import read_counters
 from agent.intervals import Intervals
-from agent.quarantine import count_quarantined, held_from, legacy_counters
+from agent.quarantine import count_quarantined, held_from, legacy_counters, settled_from
 from agent.segments import Damage, Frame, Trailer
 
 log = logging.getLogger("sensorkit.buffer")
@@ -99,6 +99,9 @@ def survey(directory: Path, name: str, repair: bool) -> Survey:
     """Read the head and each segment's summary; with ``repair``, mend what a crash left."""
     folder = directory / f"{name}.log"
     head = read_head(directory / f"{name}.head", name)
+    if head is None:  # damaged: the copy kept with the counters (written with every drop)
+        copy = read_counters(directory / f"{name}.stats").get("head", 0)
+        head = copy if isinstance(copy, int) else 0
     paths = sorted(folder.glob("*.seg")) if folder.is_dir() else []
     found: list[SegmentInfo] = []
     missing = Intervals()
@@ -131,13 +134,16 @@ def survey(directory: Path, name: str, repair: bool) -> Survey:
     return Survey(found, head, next_seq, missing, damaged)
 
 
-def read_head(path: Path, name: str = "") -> int:
-    """The head recorded in ``path`` (``<seq> <crc32>``; 0 when absent or damaged: the
-    segments on disk then say where the queue starts, re-sending rather than losing)."""
+def read_head(path: Path, name: str = "") -> int | None:
+    """The head recorded in ``path`` (``<seq> <crc32>``); 0 when absent, None when damaged
+    (then an older copy, or the segments on disk, say where the queue starts: re-sending
+    rather than losing)."""
     try:
         fields = path.read_text().split()
-    except (OSError, UnicodeDecodeError):
+    except OSError:
         return 0
+    except UnicodeDecodeError:
+        fields = ["?"]
     try:
         if len(fields) == 1 and fields[0].isdigit():  # written before the CRC was added
             return int(fields[0])
@@ -147,9 +153,10 @@ def read_head(path: Path, name: str = "") -> int:
                 return head
     except ValueError:
         pass
-    if fields:
-        log.warning("queue %s: %s is damaged; reading from the oldest segment kept", name, path)
-    return 0
+    if not fields:
+        return 0
+    log.warning("queue %s: %s is damaged; reading from an older copy of the head", name, path)
+    return None
 
 
 def pack_head(head: int) -> str:
@@ -269,11 +276,24 @@ def scan(
     bad_lines: list[tuple[Frame, int]] = []
     pending: Damage | None = None
 
+    held: set[int] | None = None
+
+    def cost(a: int, b: int) -> int:
+        """Points ``a .. b - 1`` that damage costs: not delivered (below the head), not
+        settled through the quarantine."""
+        nonlocal held
+        a = max(a, head)
+        if b <= a:
+            return 0
+        if held is None:
+            held = settled_from(directory / f"{name}.sqlite3", head)
+        return b - a - sum(1 for s in held if a <= s < b)
+
     def gap(until: int) -> None:
         """Points between the last good frame and ``until``: lost in the pending damage."""
         if pending is not None and expected is not None and until > expected:
             lost.add(expected, until)
-            damage.append((pending, max(0, until - max(expected, head))))
+            damage.append((pending, cost(expected, until)))
         elif pending is not None and expected is None:  # nothing to measure the gap by
             damage.append((pending, max(1, segments.estimate(data, *pending))))
         elif pending is not None:
@@ -312,13 +332,14 @@ def scan(
             torn = pending
             guess = segments.header(data, torn.offset)
             whole = isinstance(guess, Frame) and (guess.seq == expected or first is None)
-            torn_points = (
-                guess.count  # type: ignore[union-attr]
-                if whole
-                else max(1, segments.estimate(data, torn.offset, torn.stop))
+            torn_points = max(  # a header that parses may still be damaged: the larger
+                guess.count if whole else 1,  # type: ignore[union-attr]
+                segments.estimate(data, torn.offset, torn.stop),
             )
-            if whole and expected is not None and guess.seq < head:  # type: ignore[union-attr]
-                torn_points = max(0, guess.seq + guess.count - head)  # type: ignore[union-attr]
+            if whole and torn_points == guess.count:  # type: ignore[union-attr]
+                torn_points = cost(guess.seq, guess.seq + guess.count)  # type: ignore[union-attr]
+            elif expected is not None:  # they were the points from ``expected`` on
+                torn_points = cost(expected, expected + torn_points)
         elif known_next is not None:  # the next segment says where this one ends
             gap(known_next)
         elif expected is not None and _trailer_only(data, pending):
@@ -364,7 +385,7 @@ def scan(
         )
         stop = data.find(b"\n", start) + 1
         if set_aside(directory, name, segment, start, data[start:stop]):
-            fresh += frame.seq + index >= head
+            fresh += cost(frame.seq + index, frame.seq + index + 1)
             log.error(
                 "queue %s: %s: point %d is damaged, set aside in %s.corrupt/ and counted "
                 "as dropped",

@@ -169,7 +169,7 @@ def estimate(data, start: int, stop: int) -> int:
     for line in bytes(data[start:stop]).split(b"\n")[:-1]:
         if looks_like(line, TRAILER):
             continue
-        if not looks_like(line, FRAME):  # a point's line
+        if not looks_like(line, FRAME) and b"=" in line:  # a point's line (it has fields)
             lines += 1
             continue
         points += max(  # the list: the longest field of 8-character CRCs between commas

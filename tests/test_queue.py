@@ -708,8 +708,19 @@ def test_a_damaged_head_file_resends_rather_than_skips(tmp_path):
     assert head.read_text().split()[0] == "10"
     head.write_text(head.read_text().replace("10", "70", 1))
     q = DurableQueue(tmp_path, "q")
-    assert [ln for _, ln in drain(q)] == lines  # all of the segment again, nothing skipped
+    assert [ln for _, ln in drain(q)] == lines[10:]  # from the copy kept with the counters
     assert q.stats().dropped == 0
+    q.close()
+    head.write_text("garbage")
+    (tmp_path / "q.stats").unlink()  # no copy either: all of the segment again
+    sealed_then_active(tmp_path / "b", 80)
+    q = DurableQueue(tmp_path / "b", "q")
+    q.remove(q.peek(10, 1 << 20))
+    q.close()
+    (tmp_path / "b" / "q.head").write_text("7x")
+    (tmp_path / "b" / "q.stats").unlink()
+    q = DurableQueue(tmp_path / "b", "q")
+    assert [ln for _, ln in drain(q)] == lines
     q.close()
 
 
