@@ -53,6 +53,7 @@ from agent.recovery import (
     make_stats,
     pack_head,
     read_stats,
+    retire_marks,
     scan,
     survey,
 )
@@ -334,6 +335,7 @@ class DurableQueue:
 
     def _new_segment(self, number: int) -> SegmentInfo:
         path = self._folder / f"{number:016d}.seg"
+        retire_marks(self.directory, self.name, number, int(self.clock()))
         self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         folder = os.open(self._folder, os.O_RDONLY)
         try:  # the new file's name lasts a power cut too (once per start and per megabyte)

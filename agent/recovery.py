@@ -3,8 +3,9 @@
 Each sealed segment is summarised from two lines (its first frame and its trailer); the last
 segment, the one a crash may have cut short, is read whole: a torn last write is set aside
 and cut off, damage elsewhere is set aside and its points counted once. Damaged bytes go to
-``<name>.corrupt/<segment>-<offset>-<crc>.bin``; a file there also marks that damage as
-counted, so finding it again after a restart does not count it twice.
+``<name>.corrupt/<segment>-<offset>.bin``; a file there also marks that damage as counted,
+so finding it again after a restart does not count it twice. A segment file made anew under
+a number used before (numbers start again once a queue was emptied) retires the old marks.
 """
 
 from __future__ import annotations
@@ -419,10 +420,8 @@ def set_aside(directory: Path, name: str, segment: SegmentInfo, offset: int, blo
     """Keep damaged bytes for inspection; True when they were not set aside (and counted)
     before."""
     folder = directory / f"{name}.corrupt"
-    # named by the bytes too: segment numbers start again at 1 once a queue was emptied, so
-    # other damage can fall at the same place in a later segment of the same name
-    target = folder / f"{segment.number:016d}-{offset}-{zlib.crc32(blob):08x}.bin"
-    if target.exists() or (folder / f"{segment.number:016d}-{offset}.bin").exists():
+    target = folder / f"{segment.number:016d}-{offset}.bin"
+    if target.exists():
         return False
     try:
         folder.mkdir(exist_ok=True)
@@ -526,3 +525,14 @@ def legacy_stats(sqlite_path: Path) -> dict[str, object]:
     return {
         ("dropped_cap" if k == "dropped" else k): v for k, v in legacy_counters(sqlite_path).items()
     }
+
+
+def retire_marks(directory: Path, name: str, number: int, stamp: int) -> None:
+    """A new segment takes ``number``: the damage set aside under that number was in an
+    earlier file, and must not pass for this one's (it would go uncounted)."""
+    folder = directory / f"{name}.corrupt"
+    for mark in folder.glob(f"{number:016d}-*.bin") if folder.is_dir() else []:
+        try:
+            mark.rename(mark.with_name(f"{mark.stem}.{stamp}.old"))
+        except OSError as err:
+            log.error("queue %s: cannot retire %s: %s", name, mark, err)
