@@ -772,3 +772,18 @@ def test_points_the_full_quarantine_dropped_or_released_do_not_come_back_after_a
     assert [ln for _, ln in drain(q)] == [line(0)] + [line(i) for i in range(50, 60)]
     q.close()
     assert read_stats(tmp_path, "q").queued == 0
+
+
+def test_damage_in_the_frame_at_the_head_of_a_sealed_segment_is_read_and_counted(tmp_path):
+    # Start-up put the head past a damaged frame: its points were lost uncounted and the
+    # depth stayed too high.
+    lines = small_segments(tmp_path)
+    path = segment_files(tmp_path)[0]
+    frames = [f for f in segments.walk(path.read_bytes()) if isinstance(f, segments.Frame)]
+    flip(path, frames[0].offset + 8)  # the first frame line's queued time
+    q = DurableQueue(tmp_path, "q", max_bytes=12 * 1024)
+    got = [ln for _, ln in drain(q)]
+    assert got == lines[frames[0].count :]
+    assert q.stats().dropped_by == {"damaged": frames[0].count} and q.depth == 0
+    q.close()
+

@@ -32,7 +32,7 @@ from agent import segments
 from agent.buffer import DurableQueue, read_quarantine, read_stats
 from agent.recovery import QueueStats
 
-EXAMPLES = int(os.environ.get("SENSORKIT_MODEL_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("SENSORKIT_MODEL_EXAMPLES", "100"))
 CAP = 12 * 1024  # small: segments of 4 KiB, the cap and the quarantine's tenth are reached
 DBS = ["a", "b", "c"]
 LOSSES = ("cap", "damaged", "unkept")
