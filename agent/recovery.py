@@ -304,6 +304,13 @@ def scan(
     seal = segments.header(data, at + 1) if at >= 0 else None
     if isinstance(seal, Trailer) and (expected is None or expected < seal.first):
         expected = seal.first  # a sealed segment says where it starts, even damaged there
+    elif expected is not None and expected == head:
+        # The oldest segment: points from the head on that left through the quarantine
+        # (their segments deleted since) are not in it, so its points start after them.
+        if held is None:
+            held = settled_from(directory / f"{name}.sqlite3", head)
+        while expected in held:
+            expected += 1
 
     for item in segments.walk(data):
         if isinstance(item, Damage):

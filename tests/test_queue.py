@@ -787,3 +787,27 @@ def test_damage_in_the_frame_at_the_head_of_a_sealed_segment_is_read_and_counted
     assert q.stats().dropped_by == {"damaged": frames[0].count} and q.depth == 0
     q.close()
 
+
+
+def test_damage_to_the_oldest_frame_after_quarantined_points_left_is_counted(tmp_path):
+    # The head on disk was older than points settled through the quarantine since (their
+    # segments deleted): start-up measured the damaged frame's points from that old head,
+    # took them for the quarantined ones and counted nothing: 40 points lost uncounted.
+    q = DurableQueue(tmp_path, "q", max_bytes=12 * 1024, sync_interval=3600)
+    lines = [f'm,k=1 v={i}i,s="{"x" * 40}" {1_700_000_000 + i}' for i in range(280)]
+    for start in range(0, 280, 40):
+        q.append([("a", ln) for ln in lines[start : start + 40]])
+    dropped_to_cap = q.stats().dropped_by["cap"]
+    q.quarantine(q.peek(80, 1 << 20), "400: bad")
+    left = q.depth
+    assert left > 0
+    q.close()
+    oldest = segment_files(tmp_path)[0]
+    damaged = bytearray(oldest.read_bytes())
+    damaged[0] ^= 1  # the first frame's header
+    oldest.write_bytes(bytes(damaged))
+    (tmp_path / "q.head").write_text(f"{dropped_to_cap}\n")  # as a crash leaves it: stale
+    q = DurableQueue(tmp_path, "q", max_bytes=12 * 1024)
+    assert q.stats().dropped_by.get("damaged", 0) == left
+    assert drain(q) == []
+    q.close()
