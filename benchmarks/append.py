@@ -117,10 +117,13 @@ def start(name: str, url: str, interval: int, seconds: int, strace: str | None) 
             "-o",
             str(trace),
         ] + cmd
-    log = open(work / "agent.log", "wb")  # noqa: SIM115 - the child keeps it
+    # The log goes where journald keeps it on a Pi (RAM unless made persistent); its size
+    # is shown apart, like the status snapshot.
+    log_path = Path("/dev/shm") / f"sensorkit-append-{name}-{os.getpid()}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - the child keeps it
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     return {"name": name, "work": work, "proc": proc, "console": console, "trace": trace,
-            "interval": interval, "up": "down" not in name, "t0": time.monotonic(),
+            "interval": interval, "up": "down" not in name, "t0": time.monotonic(), "log": log_path,
             "traced": bool(strace)}  # fmt: skip
 
 
@@ -185,7 +188,10 @@ def line_bytes(console: Path, start: float, stop: float) -> int:
 
 def finish(run: dict) -> dict:
     status, usage = run["status"], run["usage"]
-    whole = usage.ru_oublock * 512
+    # ru_oublock counts every page dirtied, also those truncated before writeback (a segment
+    # cut to nothing once delivered); /proc/PID/io credits those back: take the credit the
+    # last sample saw (what is cancelled during the stop itself is still counted).
+    whole = max(0, usage.ru_oublock * 512 - run["last"]["cancelled_write_bytes"])
     steady_s = run["last_t"] - run["first_t"]
     steady = net(run["last"]) - net(run["first"])
     lines = line_bytes(run["console"], run["first_wall"], run["last_wall"])
@@ -208,10 +214,12 @@ def finish(run: dict) -> dict:
         "floor_per_day": floor,
         "counters_per_day": counters,
         "snapshot_bytes": snapshot.stat().st_size if snapshot.exists() else 0,
+        "log_per_day": run["log"].stat().st_size / (time.monotonic() - run["t0"]) * DAY,
         "exit": os.waitstatus_to_exitcode(status),
     }
     run["console"].unlink(missing_ok=True)
     run["trace"].unlink(missing_ok=True)
+    run["log"].unlink(missing_ok=True)
     shutil.rmtree(run["work"], ignore_errors=True)
     return result
 
@@ -266,7 +274,8 @@ def main() -> int:
                 f"line protocol + a page per flush): ratio {ratio:.2f}"
             )
         print(
-            f"  {'':12s} status snapshot in RAM: {r['snapshot_bytes']} B, every 5 s (not the card)"
+            f"  {'':12s} status snapshot in RAM: {r['snapshot_bytes']} B, every 5 s (not the card);"
+            f" log {r['log_per_day'] / 1e3:,.0f} kB/day (to journald)"
         )
     by = {r["name"]: r for r in results}
     up = by[f"{paces[0][1]}-up"]
