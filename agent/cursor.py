@@ -40,6 +40,7 @@ class Cursor:
     newest: int | None = None  # the server's newest data time when last looked at
     checked: float | None = None  # when the database was last read (UNIX time)
     offset: int | None = None  # size of the console file after this database's last write
+    output: str | None = None  # that console file (an offset means nothing for another)
 
     def start(self, lateness: int, since: int | None = None) -> int:
         """The first second to ask for: ``since`` when given, else the cursor less
@@ -90,6 +91,7 @@ def to_json(cursor: Cursor) -> dict[str, object]:
         "newest": cursor.newest,
         "checked": cursor.checked,
         "offset": cursor.offset,
+        "output": cursor.output,
         "series": [list(key) for key in series],
         "seen": sorted([t, index[key]] for t, key in cursor.seen),
     }
@@ -105,6 +107,7 @@ def from_json(data: dict) -> Cursor:
         newest=data.get("newest"),
         checked=data.get("checked"),
         offset=data.get("offset"),
+        output=data.get("output"),
     )
 
 
