@@ -23,10 +23,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from agent.readback import SeriesKey
+from agent.readback import Key
 
 FOLDER = "subscriber"
-Key = tuple[int, SeriesKey]  # a data point: its time and its series
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class Cursor:
         """The cursor after handing on the points ``keys`` (and idents up to ``info_time``)."""
         seen = set(self.seen)
         seen.update(keys)
-        newest = max((t for t, _ in seen), default=self.time)
+        newest = max((key[0] for key in seen), default=self.time)
         if self.time is not None and newest is not None:
             newest = max(newest, self.time)
         floor = None if newest is None else newest - lateness
@@ -82,8 +81,8 @@ def cursor_path(state_dir: Path, database: str) -> Path:
 
 
 def to_json(cursor: Cursor) -> dict[str, object]:
-    series = sorted({key for _, key in cursor.seen})
-    index = {key: i for i, key in enumerate(series)}
+    series = list(dict.fromkeys(key[1:] for key in cursor.seen))
+    index = {tags: i for i, tags in enumerate(series)}
     return {
         "database": cursor.database,
         "time": cursor.time,
@@ -93,17 +92,17 @@ def to_json(cursor: Cursor) -> dict[str, object]:
         "offset": cursor.offset,
         "output": cursor.output,
         "series": [list(key) for key in series],
-        "seen": sorted([t, index[key]] for t, key in cursor.seen),
+        "seen": sorted([key[0], index[key[1:]]] for key in cursor.seen),
     }
 
 
 def from_json(data: dict) -> Cursor:
-    series = [SeriesKey(*key) for key in data.get("series", [])]
+    series = [tuple(tags) for tags in data.get("series", [])]
     return Cursor(
         database=data["database"],
         time=data.get("time"),
         info_time=data.get("info_time"),
-        seen=frozenset((int(t), series[i]) for t, i in data.get("seen", [])),
+        seen=frozenset((int(t), *series[i]) for t, i in data.get("seen", [])),
         newest=data.get("newest"),
         checked=data.get("checked"),
         offset=data.get("offset"),

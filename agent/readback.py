@@ -3,8 +3,8 @@
 An ``info`` row becomes the :class:`~agent.telegram.Ident` that wrote it (``fields``, ``units``
 and ``types`` split back at ``,``; every other text exactly as stored; ``time`` is the row's
 time). A ``data`` row becomes its :class:`~agent.telegram.Data` (``time`` in integer seconds;
-``geolocation`` only when the point's tag differs from the ident's) and its series key, the
-tags that with the time make the point unique in InfluxDB.
+``geolocation`` only when the point's tag differs from the ident's) and its key: the time and
+the tags, which make the point unique in InfluxDB.
 
 Extra ident keys come back as the text they were stored as (a published list ``["a", "b"]`` is
 the string ``"a,b"``, a number ``7`` the string ``"7"``): the info series keeps no type for them.
@@ -14,29 +14,32 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from json.encoder import encode_basestring
+from operator import itemgetter
 
 from agent.telegram import Data, Ident, Value
+
+try:
+    from _json import make_encoder as c_make_encoder
+except ImportError:  # pragma: no cover - other Pythons
+    c_make_encoder = None
 
 DATA_TAGS = ("label", "geolocation", "new")  # the tags of ``data`` (docs/design.md section 3)
 _TEXT_KEYS = ("project", "serial", "geolocation", "description", "version")
 _LIST_KEYS = ("fields", "units", "types")
 
 
-class SeriesKey(NamedTuple):
-    """A data point's tags: with its time, what makes it one point in InfluxDB."""
-
-    label: str
-    geolocation: str
-    new: str
+Key = tuple  # (time, label, geolocation, new) of a data point: unique in InfluxDB
 
 
-class DataRow(NamedTuple):
-    """One ``data`` point as read: time, series and measured values (nulls left out)."""
+def _refuse(value: object) -> object:
+    raise TypeError(f"not JSON: {type(value).__name__}")
 
-    time: int
-    series: SeriesKey
-    values: tuple[tuple[str, Value], ...]
+
+if c_make_encoder is not None:  # CPython's C encoder, made once: json.dumps makes one a call
+    _ENCODE = c_make_encoder(None, _refuse, encode_basestring, None, ":", ",", False, False, True)
+else:  # pragma: no cover - other Pythons
+    _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).iterencode
 
 
 def _text(value: object) -> str:
@@ -60,27 +63,51 @@ def ident_of(columns: Sequence[str], values: Sequence[object]) -> Ident:
     return Ident(label=label, **text, **lists, extra=extra, time=int(time))
 
 
-def data_reader(columns: Sequence[str]) -> Callable[[Sequence[object]], DataRow]:
-    """A function turning one ``data`` row (``SELECT * FROM data``) of ``columns`` into a
-    :class:`DataRow`; column positions are worked out once per chunk, not per row."""
-    at = {name: i for i, name in enumerate(columns)}
-    tag_at = tuple(at.get(tag) for tag in DATA_TAGS)
-    time_at = at["time"]
-    fields = tuple((name, i) for name, i in at.items() if name != "time" and name not in DATA_TAGS)
+class DataColumns:
+    """The columns of one ``data`` series chunk (``SELECT * FROM data``), worked out once, so
+    each row costs a few C calls: its key, its JSON line, its fields for a relay."""
 
-    def read(values: Sequence[object]) -> DataRow:
-        tags = SeriesKey(*(("" if i is None else values[i] or "") for i in tag_at))
-        measured = tuple((name, values[i]) for name, i in fields if values[i] is not None)
-        return DataRow(int(values[time_at]), tags, measured)  # type: ignore[arg-type]
+    def __init__(self, columns: Sequence[str]) -> None:
+        if columns[0] != "time":
+            raise ValueError(f"a data chunk whose first column is {columns[0]!r}, not time")
+        self.columns = tuple(columns)
+        self.missing = tuple(tag for tag in DATA_TAGS if tag not in columns)
+        self.names = self.columns + self.missing  # rows get a None for each missing tag
+        at = {name: i for i, name in enumerate(self.names)}
+        self.key: Callable[[Sequence[object]], Key] = itemgetter(0, *(at[tag] for tag in DATA_TAGS))
+        self.fields = tuple(
+            (name, i) for name, i in at.items() if name != "time" and name not in DATA_TAGS
+        )
+        self._pad = (None,) * len(self.missing)
 
-    return read
+    def row(self, values: Sequence[object]) -> Sequence[object]:
+        """A row with a value for every name (None for a tag no point of the chunk has)."""
+        return tuple(values) + self._pad if self._pad else values
 
+    def measured(self, row: Sequence[object]) -> dict[str, Value]:
+        """The row's measured values (nulls left out: the point has no such field)."""
+        return {name: row[i] for name, i in self.fields if row[i] is not None}  # type: ignore[misc]
 
-def data_of(row: DataRow, ident: Ident) -> Data:
-    """The data telegram of a row under ``ident``: the geolocation only where it differs."""
-    geolocation = row.series.geolocation
-    return Data(
-        time=row.time,
-        values=row.values,
-        geolocation="" if geolocation == ident.geolocation else geolocation,
-    )
+    def tags(self, row: Sequence[object]) -> dict[str, str]:
+        _, label, geolocation, new = self.key(row)
+        return {"label": label or "", "geolocation": geolocation or "", "new": new or ""}
+
+    def data(self, row: Sequence[object], ident: Ident) -> Data:
+        """The data telegram of a row under ``ident``: the geolocation only where it differs."""
+        geolocation = self.key(row)[2] or ""
+        return Data(
+            time=int(row[0]),  # type: ignore[call-overload]
+            values=tuple(self.measured(row).items()),
+            geolocation="" if geolocation == ident.geolocation else geolocation,
+        )
+
+    def json_line(self, row: Sequence[object], geolocation: str) -> str:
+        """``to_json_line(self.data(row, ident))`` for an ident at ``geolocation``, faster."""
+        record = dict(zip(self.names, row, strict=True))
+        del record["label"], record["new"]
+        geo = record.pop("geolocation")
+        if None in record.values():
+            record = {k: v for k, v in record.items() if v is not None}
+        if geo and geo != geolocation:
+            record["geolocation"] = geo
+        return '{"data":' + "".join(_ENCODE(record, 0)) + "}"

@@ -28,7 +28,7 @@ from typing import Protocol, TextIO
 from agent.delivery import Delivery
 from agent.errors import SensorkitError
 from agent.lineprotocol import encode_point
-from agent.readback import DataRow, data_of
+from agent.readback import DataColumns
 from agent.series import info_point
 from agent.telegram import Ident, to_json_line
 
@@ -44,7 +44,7 @@ class Relay(Protocol):
 
     def ident(self, db: str, ident: Ident) -> None: ...
 
-    def data(self, db: str, ident: Ident, row: DataRow) -> None: ...
+    def data(self, db: str, ident: Ident, columns: DataColumns, rows: list) -> None: ...
 
     def commit(self) -> int | None: ...
 
@@ -72,19 +72,22 @@ class ConsoleRelay:
 
     def ident(self, db: str, ident: Ident) -> None:
         if self._current != (db, ident):
-            self._write(to_json_line(ident))
+            self._write(to_json_line(ident) + "\n")
             self._current = (db, ident)
 
-    def data(self, db: str, ident: Ident, row: DataRow) -> None:
+    def data(self, db: str, ident: Ident, columns: DataColumns, rows: list) -> None:
         self.ident(db, ident)
-        self._write(to_json_line(data_of(row, ident)))
+        geolocation = ident.geolocation
+        lines = [columns.json_line(row, geolocation) for row in rows]
+        lines.append("")
+        self._write("\n".join(lines), len(rows))
 
-    def _write(self, line: str) -> None:
+    def _write(self, text: str, telegrams: int = 1) -> None:
         try:
-            self._stream.write(line + "\n")
+            self._stream.write(text)
         except OSError as err:
             raise RelayError(f"cannot write telegrams to {self.path} ({err.strerror})") from None
-        self.sent += 1
+        self.sent += telegrams
 
     def commit(self) -> int | None:
         """Flush (and fsync a regular file); the file's size, or None for a pipe."""
@@ -122,12 +125,12 @@ class InfluxRelay:
             self._points.append((db, info_point(ident, ident.time or 0)))
             self._relayed[db] = ident
 
-    def data(self, db: str, ident: Ident, row: DataRow) -> None:
+    def data(self, db: str, ident: Ident, columns: DataColumns, rows: list) -> None:
         self.ident(db, ident)
-        tags = dict(zip(("label", "geolocation", "new"), row.series, strict=True))
-        line = encode_point("data", tags, dict(row.values), row.time)
-        if line is not None:
-            self._points.append((db, line))
+        for row in rows:
+            line = encode_point("data", columns.tags(row), columns.measured(row), row[0])
+            if line is not None:
+                self._points.append((db, line))
 
     def commit(self) -> int | None:
         """Queue what was handed on, durably; waits while the queue is at its high-water

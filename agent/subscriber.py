@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -25,11 +26,11 @@ from pathlib import Path
 from agent import cursor as cursors
 from agent.classify import Reply, Verdict, classify_read
 from agent.config import SubscriberSettings
-from agent.cursor import Cursor, Key
+from agent.cursor import Cursor
 from agent.delivery import Backoff
 from agent.errors import SensorkitError
 from agent.influx import InfluxClient, InfluxError, quote_ident
-from agent.readback import DataRow, data_reader, ident_of
+from agent.readback import DataColumns, Key, ident_of
 from agent.relay import Relay
 from agent.telegram import Ident
 
@@ -61,10 +62,16 @@ class _Idents:
 
     def at(self, second: int) -> Ident | None:
         """The newest ident at or before ``second`` (the oldest one for earlier points)."""
+        return self.span(second)[0]
+
+    def span(self, second: int) -> tuple[Ident | None, float, float]:
+        """The ident in force at ``second`` and the seconds ``[low, high)`` it is in force."""
         if not self.idents:
-            return None
-        index = bisect.bisect_right(self.times, second) - 1
-        return self.idents[max(index, 0)]
+            return None, -math.inf, math.inf
+        index = max(bisect.bisect_right(self.times, second) - 1, 0)
+        low = self.times[index] if index else -math.inf
+        high = self.times[index + 1] if index + 1 < len(self.times) else math.inf
+        return self.idents[index], low, high
 
     def after(self, floor: int | None) -> list[Ident]:
         """The idents newer than ``floor`` (all of them when None)."""
@@ -190,28 +197,34 @@ class Subscriber:
         pending = idents.after(floor)
         statement = f"SELECT * FROM data WHERE time >= {int(start) * NANOSECONDS}"
         total = 0
-        warned = False
         for chunk in self.client.stream(statement, db, self.settings.batch):
             keys: list[Key] = []
             info_time = None
             for series in _series(chunk):
-                read_row = data_reader(series["columns"])
+                columns = DataColumns(series["columns"])
+                key_of, seen = columns.key, cursor.seen
+                rows: list = []  # rows under ``ident``, handed on together
+                ident, low, high = None, 0.0, -1.0
+                next_info = (pending[0].time or 0) if pending else math.inf
                 for values in series.get("values", ()):
-                    row: DataRow = read_row(values)
-                    key = (row.time, row.series)
-                    if key in cursor.seen:
+                    row = columns.row(values)
+                    key = key_of(row)
+                    if key in seen:
                         continue
-                    while pending and (pending[0].time or 0) <= row.time:
-                        info_time = self._ident(db, pending.pop(0))
-                    ident = idents.at(row.time)
-                    if ident is None:
-                        if not warned:
+                    second = key[0]
+                    if second >= next_info or not low <= second < high:  # another ident
+                        self._hand(db, ident, columns, rows)
+                        rows = []
+                        while pending and (pending[0].time or 0) <= second:
+                            info_time = self._ident(db, pending.pop(0))
+                        next_info = (pending[0].time or 0) if pending else math.inf
+                        ident, low, high = idents.span(second)
+                        if ident is None:
                             self._say(db, f"database {db!r} has data but no info record; skipped")
-                            warned = True
-                        continue
-                    for relay in self.relays:
-                        relay.data(db, ident, row)
+                            return total
+                    rows.append(row)
                     keys.append(key)
+                self._hand(db, ident, columns, rows)
             cursor = self._commit(cursor.advance(keys, lateness, info_time))
             total += len(keys)
             if self.stop.is_set():
@@ -223,6 +236,12 @@ class Subscriber:
             cursor = cursor.advance((), lateness, info_time)
         self._commit(cursor)
         return total
+
+    def _hand(self, db: str, ident: Ident | None, columns: DataColumns, rows: list) -> None:
+        """Rows that share an ident, to every relay."""
+        if rows and ident is not None:
+            for relay in self.relays:
+                relay.data(db, ident, columns, rows)
 
     def _ident(self, db: str, ident: Ident) -> int | None:
         for relay in self.relays:
