@@ -14,6 +14,7 @@ rename, fsync of the folder): after a crash or power cut a cursor is the old or 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ import time
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from pathlib import Path
 
 from agent.readback import Key
@@ -50,22 +52,28 @@ class Cursor:
 
     def advance(self, keys: Iterable[Key], lateness: int, info_time: int | None) -> Cursor:
         """The cursor after handing on the points ``keys`` (and idents up to ``info_time``)."""
-        seen = set(self.seen)
-        seen.update(keys)
-        newest = max((key[0] for key in seen), default=self.time)
-        if self.time is not None and newest is not None:
-            newest = max(newest, self.time)
-        floor = None if newest is None else newest - lateness
-        kept = frozenset(k for k in seen if floor is None or k[0] >= floor)
-        if info_time is None or (self.info_time is not None and self.info_time > info_time):
-            info_time = self.info_time
-        return replace(self, time=newest, seen=kept, info_time=info_time)
+        keys = sorted(keys, key=_time)  # read in time order already: a quick pass
+        times = [t for t in (self.time, keys[-1][0] if keys else None) if t is not None]
+        newest = max(times, default=None)
+        if newest is None:
+            return replace(self, info_time=_later(self.info_time, info_time))
+        floor = newest - lateness
+        recent = keys[bisect.bisect_left(keys, floor, key=_time) :]
+        kept = frozenset(k for k in self.seen if k[0] >= floor).union(recent)
+        return replace(self, time=newest, seen=kept, info_time=_later(self.info_time, info_time))
 
     def behind(self) -> int | None:
         """Seconds of data on the server not yet handed on, as of the last look."""
         if self.newest is None:
             return None
         return max(0, self.newest - (self.time if self.time is not None else self.newest))
+
+
+_time = itemgetter(0)
+
+
+def _later(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def folder(state_dir: Path) -> Path:

@@ -78,11 +78,18 @@ class DataColumns:
         self.fields = tuple(
             (name, i) for name, i in at.items() if name != "time" and name not in DATA_TAGS
         )
-        self._pad = (None,) * len(self.missing)
+        self.pad = (None,) * len(self.missing)
+        self._geo = itemgetter(at["geolocation"])
+        self._columns = tuple(itemgetter(i) for _, i in self.fields)
+        self._values = itemgetter(0, *(i for _, i in self.fields))
+        names = "".join(
+            "," + encode_basestring(name).replace("%", "%%") + ":%r" for name, _ in self.fields
+        )
+        self._template = '{"data":{"time":%d' + names + "}}"
 
     def row(self, values: Sequence[object]) -> Sequence[object]:
         """A row with a value for every name (None for a tag no point of the chunk has)."""
-        return tuple(values) + self._pad if self._pad else values
+        return tuple(values) + self.pad if self.pad else values
 
     def measured(self, row: Sequence[object]) -> dict[str, Value]:
         """The row's measured values (nulls left out: the point has no such field)."""
@@ -111,3 +118,16 @@ class DataColumns:
         if geo and geo != geolocation:
             record["geolocation"] = geo
         return '{"data":' + "".join(_ENCODE(record, 0)) + "}"
+
+    def json_lines(self, rows: Sequence[Sequence[object]], geolocation: str) -> list[str]:
+        """:meth:`json_line` of every row; rows of numbers only, none with a geolocation of
+        its own, are formatted from one template (float and int ``repr`` is JSON's text)."""
+        if set(map(self._geo, rows)) <= {None, "", geolocation} and all(
+            set(map(type, map(column, rows))) <= _NUMBERS for column in self._columns
+        ):
+            template, values = self._template, self._values
+            return [template % values(row) for row in rows]
+        return [self.json_line(row, geolocation) for row in rows]
+
+
+_NUMBERS = {int, float}  # not bool: JSON writes true/false, repr True/False

@@ -32,6 +32,8 @@ from agent.readback import DataColumns
 from agent.series import info_point
 from agent.telegram import Ident, to_json_line
 
+QUEUE_AT = 5000  # points handed on that are appended to the queue at once
+
 
 class RelayError(SensorkitError):
     """What was read could not be handed on (a full disk, a queue that refuses points)."""
@@ -77,8 +79,7 @@ class ConsoleRelay:
 
     def data(self, db: str, ident: Ident, columns: DataColumns, rows: list) -> None:
         self.ident(db, ident)
-        geolocation = ident.geolocation
-        lines = [columns.json_line(row, geolocation) for row in rows]
+        lines = columns.json_lines(rows, ident.geolocation)
         lines.append("")
         self._write("\n".join(lines), len(rows))
 
@@ -131,12 +132,20 @@ class InfluxRelay:
             line = encode_point("data", columns.tags(row), columns.measured(row), row[0])
             if line is not None:
                 self._points.append((db, line))
+        if len(self._points) >= QUEUE_AT:
+            self._queue()
 
     def commit(self) -> int | None:
-        """Queue what was handed on, durably; waits while the queue is at its high-water
+        """Queue what was handed on and make it durable (fsync)."""
+        self._queue()
+        self.delivery.sync()
+        return None
+
+    def _queue(self) -> None:
+        """Append what was handed on to the queue; waits while the queue is at its high-water
         mark (a quarter of its cap), so a slow destination slows reading, never drops."""
         if not self._points:
-            return None
+            return
         high = min(self.delivery.capacity // 4, 16_000_000)
         since = None
         while self.delivery.queued_bytes() > high:
@@ -158,9 +167,7 @@ class InfluxRelay:
                 "the relay's queue refused points (the disk is full or failing); the "
                 "cursor stays where it was"
             )
-        self.delivery.sync()
         self._points = []
-        return None
 
     def close(self) -> None:
         self.delivery.close()

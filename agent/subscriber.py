@@ -5,7 +5,8 @@ For each kit database (listed with ``SHOW DATABASES`` and matched by ``[subscrib
 and ``serials``, or named in ``databases``): every ``info`` record becomes an ident, every
 ``data`` point after the cursor a data telegram under the ident in force at its time (the
 newest ``info`` at or before it). Points are read with ``chunked=true``, ``batch`` rows at a
-time; after each chunk the relays commit and then the cursor is saved (:mod:`agent.cursor`).
+time; at least once a second while reading, and at the end, the relays commit (make what
+they were handed durable) and then the cursor is saved (:mod:`agent.cursor`).
 
 Server replies follow :func:`agent.classify.classify_read`: an outage backs off and keeps the
 cursor; 401 is one clear message (``--once`` fails with it); 403 holds that database (no READ
@@ -36,6 +37,7 @@ from agent.telegram import Ident
 
 log = logging.getLogger("sensorkit.subscribe")
 NANOSECONDS = 1_000_000_000
+COMMIT_EVERY = 1.0  # seconds of reading between commits (relays durable, then the cursor)
 OUTAGE_BACKOFF = Backoff(cap=300, slow=300)  # seconds between tries while the server is away
 
 
@@ -197,6 +199,9 @@ class Subscriber:
         pending = idents.after(floor)
         statement = f"SELECT * FROM data WHERE time >= {int(start) * NANOSECONDS}"
         total = 0
+        done: list[Key] = []  # handed on since the last commit
+        info_done: int | None = None
+        committed = time.monotonic()
         for chunk in self.client.stream(statement, db, self.settings.batch):
             keys: list[Key] = []
             info_time = None
@@ -206,8 +211,9 @@ class Subscriber:
                 rows: list = []  # rows under ``ident``, handed on together
                 ident, low, high = None, 0.0, -1.0
                 next_info = (pending[0].time or 0) if pending else math.inf
+                pad = columns.pad
                 for values in series.get("values", ()):
-                    row = columns.row(values)
+                    row = tuple(values) + pad if pad else values
                     key = key_of(row)
                     if key in seen:
                         continue
@@ -225,10 +231,16 @@ class Subscriber:
                     rows.append(row)
                     keys.append(key)
                 self._hand(db, ident, columns, rows)
-            cursor = self._commit(cursor.advance(keys, lateness, info_time))
+            done.extend(keys)
+            if info_time is not None:
+                info_done = info_time
             total += len(keys)
-            if self.stop.is_set():
-                return total
+            if self.stop.is_set() or time.monotonic() - committed >= COMMIT_EVERY:
+                cursor = self._commit(cursor.advance(done, lateness, info_done))
+                done, info_done, committed = [], None, time.monotonic()
+                if self.stop.is_set():
+                    return total
+        cursor = cursor.advance(done, lateness, info_done)
         if pending:  # idents newer than every data point: the kit changed, nothing measured yet
             info_time = None
             for ident in pending:
