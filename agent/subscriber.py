@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from operator import itemgetter
 from pathlib import Path
 
 from agent import cursor as cursors
@@ -36,6 +37,7 @@ from agent.relay import Relay
 from agent.telegram import Ident
 
 log = logging.getLogger("sensorkit.subscribe")
+_time = itemgetter(0)
 NANOSECONDS = 1_000_000_000
 COMMIT_EVERY = 1.0  # seconds of reading between commits (relays durable, then the cursor)
 OUTAGE_BACKOFF = Backoff(cap=300, slow=300)  # seconds between tries while the server is away
@@ -232,6 +234,8 @@ class Subscriber:
                     keys.append(key)
                 self._hand(db, ident, columns, rows)
             done.extend(keys)
+            if done:  # only the keys within lateness of the newest go into the cursor
+                del done[: bisect.bisect_left(done, done[-1][0] - lateness, key=_time)]
             if info_time is not None:
                 info_done = info_time
             total += len(keys)
