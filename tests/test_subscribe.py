@@ -6,14 +6,20 @@ starts; nothing of HTTP is faked. Waits poll with generous deadlines, never a fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
+from dataclasses import replace
 from itertools import count
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 from conftest import ROOT, run_sensorkit, write_config
@@ -22,11 +28,15 @@ from test_lineprotocol import HOSTILE_TAGS, HOSTILE_TEXT
 
 from agent.cli import parse_since
 from agent.config import ConfigError, load
+from agent.cursor import Cursor
+from agent.cursor import load as load_cursor
+from agent.cursor import save as save_cursor
 from agent.errors import UsageError
 from agent.influx import InfluxClient
+from agent.readback import DataColumns
 from agent.series import SeriesEncoder
 from agent.sinks import InfluxV1Sink
-from agent.telegram import parse_telegrams
+from agent.telegram import Ident, parse_telegrams, to_json_line
 
 _kits = count()
 KIT = "[kit]\nproject = Sub\nserial = self\n"
@@ -211,39 +221,85 @@ def jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
+class SlowPipe:
+    """A TCP relay to ``upstream`` that passes the server's answers at ``rate`` bytes a second
+    at most, so a read takes seconds however fast the machine (no timing luck)."""
+
+    def __init__(self, upstream: str, rate: int) -> None:
+        parts = urllib.parse.urlsplit(upstream)
+        self.target = (parts.hostname, parts.port)
+        self.rate = rate
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            threading.Thread(target=self._pump, args=(client, server, 0), daemon=True).start()
+            threading.Thread(
+                target=self._pump, args=(server, client, self.rate), daemon=True
+            ).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, rate: int) -> None:
+        try:
+            while data := source.recv(16384):
+                sink.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
 def test_kill_9_during_a_large_read_then_a_restart_hands_on_every_point_exactly_once(
     influx, tmp_path
 ):
-    n = 400_000  # reading takes seconds: the kill falls between two commits (one a second)
+    n = 60_000
     records = kit("Big", "k1", n)
     write_direct(influx, records, "Big_k1")
+    pipe = SlowPipe(influx.url, rate=1_000_000)  # about 6 MB of answer: some 6 s of reading
     out = tmp_path / "telegrams.jsonl"
-    config = ini(tmp_path, influx.url, "projects = Big\nbatch = 1000\n", console=str(out))
+    config = ini(tmp_path, pipe.url, "projects = Big\nbatch = 500\n", console=str(out))
     cursor = tmp_path / "state" / "subscriber" / "Big_k1.cursor.json"
 
     def partway() -> bool:
-        """the cursor moved, but not to the end, and more was written since"""
+        """a commit was made, and more was written since (to be cut off at the restart)"""
         try:
             saved = json.loads(cursor.read_text())
         except (OSError, ValueError):
             return False
-        return saved["time"] is not None and out.stat().st_size > saved["offset"] + 1000
+        return bool(saved["offset"]) and out.stat().st_size > saved["offset"] + 1000
 
     follower = subprocess.Popen(
         [sys.executable, "-m", "agent", "subscribe", "-c", str(config)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        wait_for(partway, every=0.005)
+        wait_for(partway, every=0.01)
         follower.send_signal(signal.SIGKILL)
     finally:
         follower.wait(timeout=60)
-    at_kill = json.loads(cursor.read_text())["time"] - START
-    assert at_kill < n - 1, "the read ended before the kill: make it larger"
+        pipe.close()
+    saved = json.loads(cursor.read_text())
+    assert saved["time"] - START < n - 1, "the read ended before the kill"
+    assert out.stat().st_size > saved["offset"]  # written, not committed: a repeat if kept
+    config = ini(tmp_path, influx.url, "projects = Big\nbatch = 500\n", console=str(out))
     subscribe(config)
     found = pairs(out.read_text())
     times = [d["time"] for _, d in found]
-    assert len(times) == n and len(set(times)) == n, (at_kill, len(times), len(set(times)))
+    assert len(times) == n and len(set(times)) == n, (saved["time"], len(times), len(set(times)))
     assert found == expected(records)
 
 
@@ -296,6 +352,33 @@ def test_a_user_with_a_read_grant_reads_the_databases_named_in_its_config(auth_i
     assert done.stdout == ""
     assert "matches [subscriber] projects" in done.stderr
     assert "name them in [subscriber] databases" in done.stderr
+
+
+def test_a_database_without_a_read_grant_waits_saying_what_to_grant_the_others_go_on(
+    auth_influx, tmp_path
+):
+    records = kit("Held", "k1", 4)
+    auth_publish(tmp_path, auth_influx, records)
+    auth_publish(tmp_path, auth_influx, kit("Held", "k2", 4))
+    auth_influx.query("CREATE USER partial WITH PASSWORD 'p4rtial'")
+    auth_influx.query('GRANT READ ON "Held_k1" TO partial')
+    secret = "username = partial\npassword = p4rtial\n"
+    config = ini(tmp_path, auth_influx.url, secret + "databases = Held_k2 Held_k1\n")
+    done = subscribe(config, ok=False)
+    assert done.returncode == 1
+    assert pairs(done.stdout) == expected(records)
+    assert 'GRANT READ ON "Held_k2" TO "partial"' in done.stderr
+    assert "p4rtial" not in done.stderr
+
+
+def test_a_server_that_is_not_there_fails_once_clearly_and_keeps_the_cursor(tmp_path):
+    from influxd import free_port
+
+    config = ini(tmp_path, f"http://127.0.0.1:{free_port()}", "databases = Any_k1\n")
+    done = subscribe(config, ok=False)
+    assert done.returncode == 1
+    assert "connection refused" in done.stderr
+    assert not (tmp_path / "state" / "subscriber" / "Any_k1.cursor.json").exists()
 
 
 def test_wrong_credentials_fail_with_one_clear_message(auth_influx, tmp_path):
@@ -443,3 +526,30 @@ def test_subscriber_password_comes_from_its_own_variable(tmp_path, monkeypatch):
     assert "from-env" not in repr(settings.subscriber)
     assert settings.subscriber.matches("BdP_test_sense")
     assert not settings.subscriber.matches("_internal")
+
+
+def test_the_fast_json_lines_are_the_telegram_contract_s_own(tmp_path):
+    """DataColumns.json_lines (one template per chunk) == to_json_line of the Data telegram."""
+    columns = DataColumns(["time", "a%r", "b", "geolocation", "label", "new", "t"])
+    ident = Ident("P", "s", geolocation="g")
+    rows = [
+        [1, 1.5, 2, "g", "l", "0", None],
+        [2, 1e21, -0.0, None, "l", "1", None],
+        [3, 7, True, "other", "l", "0", 'say "hi" \\ ü'],
+        [4, None, 1, "g", None, "0", ""],
+    ]
+    for chunk in (rows[:2], rows):  # numbers only (the template), then mixed
+        assert columns.json_lines(chunk, "g") == [
+            to_json_line(columns.data(row, ident)) for row in chunk
+        ]
+
+
+def test_a_cursor_survives_its_file_with_missing_tags_and_lateness_pruning(tmp_path):
+    cursor = Cursor("A_b", time=None).advance(
+        [(10, "l", None, "1"), (11, "l", "g", "0"), (20, "l", "g", "0")], 5, 3
+    )
+    assert cursor.time == 20 and cursor.info_time == 3
+    assert cursor.seen == {(20, "l", "g", "0")}  # 10 and 11 are more than 5 s before 20
+    save_cursor(tmp_path, cursor)
+    assert load_cursor(tmp_path, "A_b") == replace(cursor, checked=ANY)  # save stamps it
+    assert cursor.start(5) == 15 and cursor.start(5, since=3) == 3
