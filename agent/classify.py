@@ -25,6 +25,12 @@ Making a database ready (listing, creating) is classified too: success is READY;
 403 are READY as well (the write that follows says what is wrong, once, clearly); a name
 the server will never accept is QUARANTINE (its points can never be delivered, so they must
 not hold back the others); no answer or 5xx is RETRY.
+
+Reading (the subscriber's ``/query``, :func:`classify_read`): 200 is DELIVERED (the rows
+came); no complete answer, a timeout, 5xx or 429 is RETRY (back off, the cursor stays); 401
+is RETRY_SLOWLY (a person must fix the credentials: said once); 403 is HOLD (no READ grant on
+that database: it waits, the others go on); a database that is not there (any more) is SKIP;
+any other refusal is RETRY_SLOWLY.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class Verdict(enum.Enum):
     CREATE = "create"  # create the target, then write again
     SPLIT = "split"  # send the halves
     QUARANTINE = "quarantine"  # refused for good: keep aside with the reason
+    SKIP = "skip"  # reading: the database is not there (any more); say so and go on
 
 
 @dataclass(frozen=True)
@@ -103,3 +110,19 @@ def classify_create(reply: Reply) -> Verdict:
     if reply.status in (401, 403):
         return Verdict.HOLD  # it does not exist and this user may not create it
     return classify_target(reply)
+
+
+def classify_read(reply: Reply) -> Verdict:
+    """The verdict on a ``/query`` read of a database (see the module docstring)."""
+    status = reply.status
+    if status == 200:
+        return Verdict.DELIVERED
+    if status is None or status >= 500 or status == 429:
+        return Verdict.RETRY
+    if status == 401:
+        return Verdict.RETRY_SLOWLY
+    if status == 403:
+        return Verdict.HOLD
+    if status == 404 or "database not found" in reply.message:
+        return Verdict.SKIP
+    return Verdict.RETRY_SLOWLY

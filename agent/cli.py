@@ -338,6 +338,122 @@ def _report(settings, outputs, finals, before, files, stalled: str) -> bool:
     return ok
 
 
+# -- subscribe ---------------------------------------------------------------------------------
+
+
+def parse_since(text: str, now: float | None = None) -> int:
+    """``--since``: epoch seconds (``1700000000``), ISO-8601 (``2024-05-01``,
+    ``2024-05-01T12:00:00+02:00``; UTC when no zone is given) or an age (``90s``, ``15m``,
+    ``2h``, ``7d``: that long before now). UsageError when it is none of these."""
+    from datetime import UTC, datetime
+
+    from agent.errors import UsageError
+
+    text = text.strip()
+    now = time.time() if now is None else now
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    try:
+        if text.isdigit():
+            return int(text)
+        if text[:-1].isdigit() and text[-1:].lower() in units:
+            return max(0, int(now) - int(text[:-1]) * units[text[-1].lower()])
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is None:
+        raise UsageError(
+            f"--since {text!r}: not a time; allowed: epoch seconds (1700000000), ISO-8601 "
+            "(2024-05-01 or 2024-05-01T12:00:00+02:00, UTC without a zone) or an age "
+            "(90s, 15m, 2h, 7d, 2w)"
+        )
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0, int(moment.timestamp()))
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    from agent.delivery import Delivery
+    from agent.influx import InfluxClient
+    from agent.outputs import delivery_settings, influx_sink
+    from agent.relay import ConsoleRelay, InfluxRelay
+    from agent.series import SeriesEncoder
+    from agent.subscriber import Subscriber, committed_offset
+
+    settings = _settings(args)
+    s = settings.subscriber
+    since = parse_since(args.since) if args.since is not None else None
+    stop = _Stop()
+    stop.install()
+    state_dir = settings.kit.state_dir
+    relays: list = []
+    try:
+        for name in s.outputs:
+            if name == "console":
+                path = settings.console.file
+                relays.append(ConsoleRelay(path, committed_offset(state_dir, path)))
+            else:
+                if not settings.influx.enabled:
+                    raise ConfigError(
+                        f"{settings.path} [subscriber] outputs: influx needs [influx] enabled "
+                        "(the server to relay to); allowed: console, or enable [influx]"
+                    )
+                delivery = Delivery(
+                    "influx",
+                    influx_sink(settings),
+                    state_dir,
+                    "subscribe",
+                    SeriesEncoder().encode,
+                    delivery_settings(settings),
+                )
+                relays.append(InfluxRelay(delivery, stop.event, args.wait))
+    except OSError as err:
+        for relay in relays:
+            relay.close()
+        raise ConfigError(
+            f"{settings.path}: cannot open the subscriber's outputs ({err.strerror or err}); "
+            "allowed: a [console] file in a folder that exists, a state_dir this user may write"
+        ) from None
+    client = InfluxClient(s.url, s.username, s.password, timeout=60.0)
+    client.section = "subscriber"
+    subscriber = Subscriber(s, state_dir, client, relays, stop.event, since)
+    ok = True
+    try:
+        if args.once:
+            outcome = subscriber.run_once()
+            ok = not outcome.failed
+            print(f"subscribe: {outcome.points} data points read", file=sys.stderr)
+            for relay in relays:
+                if isinstance(relay, InfluxRelay):
+                    ok = _drain_relay(relay, args.wait, stop) and ok
+        else:
+            subscriber.follow()
+    finally:
+        client.close()
+        for relay in relays:
+            relay.close()
+    if stop.event.is_set():
+        print(
+            f"sensorkit: interrupted ({stop.signal}); the cursors in {state_dir} say where "
+            "the next subscribe goes on",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
+    return 0 if ok else 1
+
+
+def _drain_relay(relay, wait: float, stop: _Stop) -> bool:
+    """Give the relay's queue ``wait`` seconds to reach the destination; True when empty."""
+    _drain(relay.delivery, wait, stop)
+    left = relay.delivery.stats().queue.queued
+    if left:
+        print(
+            f"subscribe: {left} points are still queued safely for {relay.delivery.sink.url}; "
+            "the next `sensorkit subscribe` delivers them",
+            file=sys.stderr,
+        )
+    return not left
+
+
 # -- status, quarantine, probe -----------------------------------------------------------------
 
 
@@ -449,6 +565,25 @@ def parser() -> argparse.ArgumentParser:
         help="seconds to wait for a server that takes no points (default 60)",
     )
     pub.set_defaults(func=cmd_publish)
+    subscribe = command(
+        "subscribe", "read kits' telegrams back from an InfluxDB server, each once, and relay them"
+    )
+    subscribe.add_argument(
+        "--once", action="store_true", help="read what the server holds now, then stop"
+    )
+    subscribe.add_argument(
+        "--since",
+        metavar="TIME",
+        help="start every database at TIME instead of its cursor: epoch seconds, ISO-8601 "
+        "(UTC without a zone) or an age such as 2h or 7d",
+    )
+    subscribe.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        help="seconds --once waits for an influx output's destination to take points (60)",
+    )
+    subscribe.set_defaults(func=cmd_subscribe)
     status = command("status", "queue depth, deliveries, errors, drops and sensor health")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)

@@ -122,6 +122,32 @@ class ConsoleSettings:
 
 
 @dataclass(frozen=True)
+class SubscriberSettings:
+    """``[subscriber]``: which kit databases ``sensorkit subscribe`` reads, and to where."""
+
+    url: str = "http://localhost:8086"
+    username: str = ""
+    password: str = field(default="", repr=False)
+    projects: str = ".+"  # regular expression for the <project> part of a kit database name
+    serials: str = ".+"  # regular expression for the <serial> part
+    databases: tuple[str, ...] = ()  # an explicit list: no SHOW DATABASES (non-admin users)
+    poll: float = 60.0  # seconds between looks at the server when following
+    batch: int = 5000  # rows per chunk read (and per cursor step)
+    lateness: int = 3600  # seconds a point may arrive after newer ones and still be read
+    outputs: tuple[str, ...] = ("console",)  # console, influx
+
+    def matches(self, database: str) -> bool:
+        """True when ``database`` is ``<project>_<serial>`` with both parts matching."""
+        project, serial = re.compile(self.projects), re.compile(self.serials)
+        parts = database.split("_")
+        for i in range(1, len(parts)):
+            head, tail = "_".join(parts[:i]), "_".join(parts[i:])
+            if project.fullmatch(head) and serial.fullmatch(tail):
+                return True
+        return False
+
+
+@dataclass(frozen=True)
 class Settings:
     path: Path
     kit: KitSettings
@@ -129,6 +155,7 @@ class Settings:
     weather: WeatherSettings
     influx: InfluxSettings
     console: ConsoleSettings
+    subscriber: SubscriberSettings = field(default_factory=SubscriberSettings)
 
 
 def find_config(explicit: str | None) -> Path:
@@ -391,6 +418,8 @@ def _sensor(section: _Section, driver: Driver) -> SensorSettings:
 
 INFLUX_PASSWORD_ENV = "SENSORKIT_INFLUX_PASSWORD"
 INFLUX_PASSWORD_CREDENTIAL = "influx-password"
+SUBSCRIBER_PASSWORD_ENV = "SENSORKIT_SUBSCRIBER_PASSWORD"
+SUBSCRIBER_PASSWORD_CREDENTIAL = "subscriber-password"
 
 
 def resolve_password(
@@ -413,8 +442,8 @@ def resolve_password(
 
     A source further down that is present too is ignored with one warning naming both, so a
     password changed in the wrong place is noticed. Neither the value nor any part of it is
-    ever put in a message. Any section with ``password``/``password_file`` keys can use this
-    (the subscriber will, with its own variable and credential names).
+    ever put in a message. ``[influx]`` and ``[subscriber]`` use it, each with its own
+    variable and credential names.
     """
     environ = os.environ if environ is None else environ
     password = s.raw("password") or ""
@@ -493,20 +522,7 @@ def _read_secret(path: Path, cannot: str, name: str, fail: Callable[[str], Confi
 
 def _influx(s: _Section, path: Path) -> InfluxSettings:
     api = _influx_api(s)
-    url = s.text("url", "http://localhost:8086")
-    if "@" in url.split("://", 1)[-1].split("/", 1)[0] or "?" in url:
-        # Not echoed: it holds a password, which must never reach a log.
-        raise s.fail(
-            "url",
-            "holds a user name or password (or a query); allowed: http://host:port or "
-            "https://..., "
-            "with the credentials in username and password (or password_file)",
-        )
-    if not re.match(r"^https?://[^/\s]+\S*$", url) or _url_problem(url):
-        why = f" ({_url_problem(url)})" if _url_problem(url) else ""
-        raise s.fail(
-            "url", f"{url!r} is not allowed{why}; allowed: http://host:port or https://host:port"
-        )
+    url = _server_url(s)
     username = s.text("username")
     password, source = "", ""
     if api == "v1":  # v2 logs in with a token: a password from the environment is not for it
@@ -539,6 +555,72 @@ def _influx(s: _Section, path: Path) -> InfluxSettings:
         org=v2.org,
         bucket=v2.bucket,
         token=v2.token,
+    )
+
+
+def _server_url(s: _Section) -> str:
+    """``url`` of a server section: http(s)://host:port, never with credentials in it."""
+    url = s.text("url", "http://localhost:8086")
+    if "@" in url.split("://", 1)[-1].split("/", 1)[0] or "?" in url:
+        # Not echoed: it holds a password, which must never reach a log.
+        raise s.fail(
+            "url",
+            "holds a user name or password (or a query); allowed: http://host:port or "
+            "https://..., with the credentials in username and password (or password_file)",
+        )
+    if not re.match(r"^https?://[^/\s]+\S*$", url) or _url_problem(url):
+        why = f" ({_url_problem(url)})" if _url_problem(url) else ""
+        raise s.fail(
+            "url", f"{url!r} is not allowed{why}; allowed: http://host:port or https://host:port"
+        )
+    return url
+
+
+def _pattern(s: _Section, key: str) -> str:
+    """A regular expression setting, compiled once here so a bad one is refused at start."""
+    value = s.raw(key) or ".+"
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise s.fail(
+            key, f"{value!r} is not a regular expression ({err}); allowed: e.g. .+ or BdP|Dev"
+        ) from None
+    return value
+
+
+def _subscriber(s: _Section, path: Path) -> SubscriberSettings:
+    url = _server_url(s)
+    username = s.text("username")
+    password, source = resolve_password(
+        s, path, env_var=SUBSCRIBER_PASSWORD_ENV, credential=SUBSCRIBER_PASSWORD_CREDENTIAL
+    )
+    if password and not username:
+        raise s.fail(
+            "username",
+            f"is missing but a password is set ({source}); allowed: the InfluxDB user name",
+        )
+    databases = tuple((s.raw("databases") or "").replace(",", " ").split())
+    for name in databases:
+        problem = check_database_name(name)
+        if problem:
+            raise s.fail("databases", f"{name!r} {problem}; allowed: kit database names")
+    outputs = tuple((s.typed("outputs") or "console").replace(",", " ").lower().split())
+    for name in outputs:
+        if name not in ("console", "influx"):
+            raise s.fail("outputs", f"{name!r} is not an output; allowed: console, influx")
+    if len(set(outputs)) != len(outputs):
+        raise s.fail("outputs", "names an output twice; allowed: console, influx, each once")
+    return SubscriberSettings(
+        url=url,
+        username=username,
+        password=password,
+        projects=_pattern(s, "projects"),
+        serials=_pattern(s, "serials"),
+        databases=databases,
+        poll=s.number("poll", 60.0, float, 1, 86400, "seconds"),
+        batch=s.number("batch", 5000, int, 1, 100000, "rows"),
+        lateness=s.number("lateness", 3600, int, 0, 30 * 86400, "seconds"),
+        outputs=outputs,
     )
 
 
@@ -746,7 +828,7 @@ def load(path: Path) -> Settings:
         enabled=console.flag("enabled", False),
         file=console_file if console_file == "-" else str(base / console_file),
     )
-    for name, section in sections.items():
-        if name != "subscriber":
-            section.check_unknown()
-    return Settings(path, kit, sensors, weather, influx, console_settings)
+    subscriber = _subscriber(sections["subscriber"], path)
+    for section in sections.values():
+        section.check_unknown()
+    return Settings(path, kit, sensors, weather, influx, console_settings, subscriber)

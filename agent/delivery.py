@@ -184,6 +184,11 @@ class Delivery:
         self._wake.set()
         return True
 
+    def sync(self) -> None:
+        """Make every point accepted so far durable now (one fdatasync), not at the next
+        ``sync_interval``: the subscriber moves its cursor only after this."""
+        self.queue.sync()
+
     def keep_aside(self, telegrams: Sequence[Telegram], reason: str, queued: float) -> None:
         """Quarantine telegrams that must not be sent, with the reason (``quarantine list``)."""
         points = [point for telegram in telegrams for point in self.encode(telegram)]

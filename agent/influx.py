@@ -16,6 +16,7 @@ import logging
 import socket
 import ssl
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from agent.errors import SensorkitError
@@ -141,6 +142,7 @@ class InfluxClient:
         elif token:  # InfluxDB 2.x/3.x API token (the v2 write API)
             self._auth = f"Token {token}"
         self.uses_token = bool(token)
+        self.section = "influx"  # the agent.ini section messages point at ([subscriber] too)
         self._conn: http.client.HTTPConnection | None = None
 
     def twin(self) -> InfluxClient:
@@ -153,7 +155,8 @@ class InfluxClient:
         """User and server, for messages (never the password or token)."""
         if self.uses_token:
             return f"the API token ([influx] token) at {self.url}"
-        user = f"user {self.username!r}" if self.username else "no user ([influx] username unset)"
+        unset = f"no user ([{self.section}] username unset)"
+        user = f"user {self.username!r}" if self.username else unset
         return f"{user} at {self.url}"
 
     # -- requests -------------------------------------------------------------------------
@@ -216,6 +219,94 @@ class InfluxClient:
                 )
         return results
 
+    def stream(self, statement: str, database: str, chunk_size: int) -> Iterator[dict]:
+        """Run a SELECT with ``chunked=true``; yields each JSON object as it arrives.
+
+        InfluxDB 1.x sends one object per line, ``chunk_size`` rows at most, so a whole
+        database never sits in memory. InfluxError for a refusal (status set), for an error
+        in a result (``status`` 404 when the database is not there) or when no complete
+        answer came (status None). Closing the generator early closes the connection.
+        """
+        params = {"q": statement, "db": database, "epoch": "s", "chunked": "true"}
+        params["chunk_size"] = str(chunk_size)
+        target = f"{self._prefix}/query?{urllib.parse.urlencode(params)}"
+        headers = {"Authorization": self._auth} if self._auth else {}
+        answer = self._open_stream(target, headers)
+        complete = False
+        try:
+            if answer.status != 200:
+                body = Response(answer.status, answer.read(), {})
+                said = self.explain(body, f"reading database {database!r}", database)
+                if answer.status == 403:
+                    said = (
+                        f"InfluxDB at {self.url} does not allow user {self.username!r} to read "
+                        f"database {database!r} (403 {body.server_message()}); an admin can "
+                        f"grant it with GRANT READ ON {quote_ident(database)} TO "
+                        f"{quote_ident(self.username)}"
+                    )
+                raise InfluxError(
+                    said,
+                    answer.status,
+                    body.server_message(),
+                    seconds(answer.getheader("Retry-After", "") or ""),
+                )
+            while True:
+                try:
+                    line = answer.readline()
+                except TimeoutError:
+                    raise InfluxError(
+                        f"InfluxDB at {self.url} stopped sending within {self.timeout:g} s"
+                    ) from None
+                except (OSError, http.client.HTTPException) as err:
+                    raise InfluxError(
+                        f"InfluxDB at {self.url} broke off the answer: {_reason(err)}"
+                    ) from None
+                if not line:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    chunk = json.loads(line)
+                except ValueError:
+                    raise InfluxError(
+                        f"InfluxDB at {self.url} sent a chunk that is not JSON (cut off?)"
+                    ) from None
+                for result in chunk.get("results", ()):
+                    if "error" in result:
+                        said = str(result["error"])
+                        missing = said.startswith("database not found")
+                        raise InfluxError(
+                            f"InfluxDB at {self.url} refused reading {database!r}: {said}",
+                            404 if missing else 400,
+                            said,
+                        )
+                yield chunk
+            complete = True
+        finally:
+            if not complete or answer.getheader("Connection", "").lower() == "close":
+                self.close()
+
+    def _open_stream(self, target: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+        """Send a GET and return the response with its body unread (one retry when a
+        kept-alive connection was closed by the server meanwhile)."""
+        for attempt in (1, 2):
+            fresh = self._conn is None
+            conn = self._connection()
+            try:
+                conn.request("GET", target, headers=headers)
+                return conn.getresponse()
+            except TimeoutError:
+                self.close()
+                raise InfluxError(
+                    f"InfluxDB at {self.url} did not answer within {self.timeout:g} s"
+                ) from None
+            except (OSError, http.client.HTTPException) as err:
+                self.close()
+                if attempt == 1 and not fresh:
+                    continue
+                raise InfluxError(f"cannot reach InfluxDB at {self.url}: {_reason(err)}") from None
+        raise AssertionError("unreachable")
+
     def databases(self) -> list[str]:
         results = self.query("SHOW DATABASES")
         series = results[0].get("series", []) if results else []
@@ -250,7 +341,7 @@ class InfluxClient:
         if answer.status == 401:
             return (
                 f"InfluxDB refused {self.who()} while {doing} (401 {said}); "
-                "check [influx] username and password"
+                f"check [{self.section}] username and password"
             )
         if answer.status == 403:
             return (

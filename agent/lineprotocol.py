@@ -216,4 +216,3 @@ def encode_point(
     if not encoded:
         return None
     return f"{','.join(parts)} {','.join(encoded)} {int(timestamp)}"
-

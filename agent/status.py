@@ -15,6 +15,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.cursor import Cursor
+from agent.cursor import load_all as load_cursors
 from agent.delivery import offline_stats
 from agent.recovery import DROP_REASONS
 
@@ -68,8 +70,20 @@ def collect(state_dir: Path) -> dict[str, object]:
     for name in queue_names(state_dir):
         if name not in reported and (stats := offline_stats(state_dir, name)) is not None:
             outputs[name] = stats.as_json() | {"queue": name}
+    live["subscribed"] = [_cursor_json(c) for c in load_cursors(state_dir)]
     live["state_dir"] = str(state_dir)
     return live
+
+
+def _cursor_json(cursor: Cursor) -> dict[str, object]:
+    """A subscribed database's place, for ``status``: cursor, newest on the server, lag."""
+    return {
+        "database": cursor.database,
+        "cursor": cursor.time,
+        "newest": cursor.newest,
+        "behind_s": cursor.behind(),
+        "checked": cursor.checked,
+    }
 
 
 def _alive(pid: object) -> bool:
@@ -90,6 +104,13 @@ def _when(stamp: object) -> str:
     moment = datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     ago = time.time() - stamp
     return f"{moment} ({_duration(ago)} ago)"
+
+
+def _stamp(stamp: object) -> str:
+    """A data time (UNIX seconds) as UTC, without the age (old data is not news)."""
+    if not isinstance(stamp, int | float):
+        return "none"
+    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _duration(seconds: float) -> str:
@@ -133,6 +154,17 @@ def format_status(status: dict) -> str:
             )
         if out.get("kind") == "console":
             lines.append(f"  sent            {out['sent']} telegrams to {out.get('file')}")
+    for sub in status.get("subscribed", []):
+        behind = sub.get("behind_s")
+        lag = (
+            "nothing read yet"
+            if sub.get("cursor") is None
+            else ("up to date" if not behind else f"{_duration(behind)} behind the newest point")
+        )
+        lines.append(f"subscribed {sub['database']}: {lag}")
+        lines.append(f"  cursor          {_stamp(sub.get('cursor'))}")
+        lines.append(f"  newest there    {_stamp(sub.get('newest'))}")
+        lines.append(f"  last read       {_when(sub.get('checked'))}")
     for name, health in sorted(status.get("sensors", {}).items()):
         state = health.get("state", "?")
         count = health.get("readings", 0)
