@@ -413,7 +413,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
             f"{settings.path}: cannot open the subscriber's outputs ({err.strerror or err}); "
             "allowed: a [console] file in a folder that exists, a state_dir this user may write"
         ) from None
-    client = InfluxClient(s.url, s.username, s.password, timeout=60.0)
+    client = InfluxClient(s.url, s.username, s.password, timeout=60.0, token=s.token)
     client.section = "subscriber"
     subscriber = Subscriber(s, state_dir, client, relays, stop.event, since)
     ok = True

@@ -128,6 +128,7 @@ class SubscriberSettings:
     url: str = "http://localhost:8086"
     username: str = ""
     password: str = field(default="", repr=False)
+    token: str = field(default="", repr=False)  # InfluxDB 2.x/3.x: their InfluxQL /query
     projects: str = ".+"  # regular expression for the <project> part of a kit database name
     serials: str = ".+"  # regular expression for the <serial> part
     databases: tuple[str, ...] = ()  # an explicit list: no SHOW DATABASES (non-admin users)
@@ -599,6 +600,13 @@ def _subscriber(s: _Section, path: Path) -> SubscriberSettings:
             "username",
             f"is missing but a password is set ({source}); allowed: the InfluxDB user name",
         )
+    token = _subscriber_token(s, path)
+    if token and username:
+        raise s.fail(
+            "token" if s.raw("token") else "token_file",
+            "is set and so is username; allowed: a user (InfluxDB 1.x) or an API token "
+            "(2.x/3.x), not both",
+        )
     databases = tuple((s.raw("databases") or "").replace(",", " ").split())
     for name in databases:
         problem = check_database_name(name)
@@ -614,6 +622,7 @@ def _subscriber(s: _Section, path: Path) -> SubscriberSettings:
         url=url,
         username=username,
         password=password,
+        token=token,
         projects=_pattern(s, "projects"),
         serials=_pattern(s, "serials"),
         databases=databases,
@@ -622,6 +631,25 @@ def _subscriber(s: _Section, path: Path) -> SubscriberSettings:
         lateness=s.number("lateness", 3600, int, 0, 30 * 86400, "seconds"),
         outputs=outputs,
     )
+
+
+def _subscriber_token(s: _Section, path: Path) -> str:
+    """``[subscriber] token`` / ``token_file``: an InfluxDB 2.x/3.x API token that may read the
+    kit databases through their InfluxQL ``/query`` (2.x maps a database to a bucket by a DBRP
+    mapping). Never echoed."""
+    token, token_file = s.raw("token") or "", s.text("token_file")
+    if token and token_file:
+        raise s.fail("token_file", "is set and so is token; allowed: one of token, token_file")
+    if token_file:
+        token = _secret_file(s, path.parent / token_file, "token_file", "API token")
+    elif token:
+        _warn_if_readable(path, "token", s.name, secret="API token")
+    if any(c.isspace() or not c.isprintable() for c in token):
+        raise s.fail(
+            "token_file" if token_file else "token",
+            "holds a space or a control character; allowed: the API token as InfluxDB gave it",
+        )
+    return token
 
 
 def _url_problem(url: str) -> str:

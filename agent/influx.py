@@ -154,7 +154,7 @@ class InfluxClient:
     def who(self) -> str:
         """User and server, for messages (never the password or token)."""
         if self.uses_token:
-            return f"the API token ([influx] token) at {self.url}"
+            return f"the API token ([{self.section}] token) at {self.url}"
         unset = f"no user ([{self.section}] username unset)"
         user = f"user {self.username!r}" if self.username else unset
         return f"{user} at {self.url}"
@@ -341,7 +341,8 @@ class InfluxClient:
         if answer.status == 401:
             return (
                 f"InfluxDB refused {self.who()} while {doing} (401 {said}); "
-                f"check [{self.section}] username and password"
+                f"check [{self.section}] "
+                + ("token" if self.uses_token else "username and password")
             )
         if answer.status == 403:
             return (

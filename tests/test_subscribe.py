@@ -23,6 +23,7 @@ from unittest.mock import ANY
 
 import pytest
 from conftest import ROOT, run_sensorkit, write_config
+from httpstub import FlakyProxy
 from influxd import InfluxServer
 from test_lineprotocol import HOSTILE_TAGS, HOSTILE_TEXT
 
@@ -288,8 +289,8 @@ def test_kill_9_during_a_large_read_then_a_restart_hands_on_every_point_exactly_
     )  # fmt: skip
     try:
         wait_for(partway, every=0.01)
-        follower.send_signal(signal.SIGKILL)
     finally:
+        follower.send_signal(signal.SIGKILL)  # also when the wait failed: no orphan
         follower.wait(timeout=60)
         pipe.close()
     saved = json.loads(cursor.read_text())
@@ -553,3 +554,54 @@ def test_a_cursor_survives_its_file_with_missing_tags_and_lateness_pruning(tmp_p
     save_cursor(tmp_path, cursor)
     assert load_cursor(tmp_path, "A_b") == replace(cursor, checked=ANY)  # save stamps it
     assert cursor.start(5) == 15 and cursor.start(5, since=3) == 3
+
+
+# -- InfluxDB 2.x / 3.x: their InfluxQL /query with an API token ------------------------------
+
+
+class TokenGate(FlakyProxy):
+    """What 2.x's v1-compatible ``/query`` asks of a reader: ``Authorization: Token <t>``, or
+    401 in 2.x's own error form. No 2.x server can be installed here: the stub checks the
+    header, and the real influxd behind it answers the query."""
+
+    def __init__(self, upstream: str, token: str) -> None:
+        super().__init__(upstream=upstream)
+        self.token = token
+        self.authorizations: list[str] = []
+
+    def _respond(self, handler, path, body, scripted):
+        given = handler.headers.get("Authorization", "")
+        self.authorizations.append(given)
+        if given != f"Token {self.token}":
+            payload = json.dumps({"code": "unauthorized", "message": "unauthorized access"})
+            self._answer(handler, 401, payload.encode(), {"Content-Type": "application/json"})
+            return 401
+        del handler.headers["Authorization"]  # the 1.x server behind has auth off
+        return super()._respond(handler, path, body, scripted)
+
+
+def test_an_api_token_reads_a_2x_server_s_influxql_endpoint(influx, tmp_path):
+    records = kit("Tok", "one", 12)
+    publish(tmp_path, influx, records)
+    gate = TokenGate(influx.url, "s3cret-token").start()
+    try:
+        config = ini(tmp_path, gate.url, "token = s3cret-token\ndatabases = Tok_one\n")
+        config.chmod(0o600)
+        done = subscribe(config)
+        assert by_kit(pairs(done.stdout)) == {"Tok_one": expected(records)}
+        assert set(gate.authorizations) == {"Token s3cret-token"}
+
+        (tmp_path / "w").mkdir()
+        wrong = ini(tmp_path / "w", gate.url, "token = not-it\ndatabases = Tok_one\n")
+        done = subscribe(wrong, ok=False)
+        assert done.returncode == 1
+        assert "401" in done.stderr and "[subscriber] token" in done.stderr
+        assert "not-it" not in done.stderr
+    finally:
+        gate.stop()
+
+
+def test_a_token_and_a_user_together_are_refused(tmp_path):
+    config = ini(tmp_path, "http://127.0.0.1:9", "username = u\ntoken = t\n")
+    with pytest.raises(ConfigError, match=r"\[subscriber\] token: is set and so is username"):
+        load(config)
