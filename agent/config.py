@@ -600,7 +600,7 @@ def _subscriber(s: _Section, path: Path) -> SubscriberSettings:
             "username",
             f"is missing but a password is set ({source}); allowed: the InfluxDB user name",
         )
-    token = _subscriber_token(s, path)
+    token = _token(s, path)  # 2.x/3.x: their InfluxQL /query with an API token
     if token and username:
         raise s.fail(
             "token" if s.raw("token") else "token_file",
@@ -631,25 +631,6 @@ def _subscriber(s: _Section, path: Path) -> SubscriberSettings:
         lateness=s.number("lateness", 3600, int, 0, 30 * 86400, "seconds"),
         outputs=outputs,
     )
-
-
-def _subscriber_token(s: _Section, path: Path) -> str:
-    """``[subscriber] token`` / ``token_file``: an InfluxDB 2.x/3.x API token that may read the
-    kit databases through their InfluxQL ``/query`` (2.x maps a database to a bucket by a DBRP
-    mapping). Never echoed."""
-    token, token_file = s.raw("token") or "", s.text("token_file")
-    if token and token_file:
-        raise s.fail("token_file", "is set and so is token; allowed: one of token, token_file")
-    if token_file:
-        token = _secret_file(s, path.parent / token_file, "token_file", "API token")
-    elif token:
-        _warn_if_readable(path, "token", s.name, secret="API token")
-    if any(c.isspace() or not c.isprintable() for c in token):
-        raise s.fail(
-            "token_file" if token_file else "token",
-            "holds a space or a control character; allowed: the API token as InfluxDB gave it",
-        )
-    return token
 
 
 def _url_problem(url: str) -> str:
@@ -726,15 +707,9 @@ def _influx_v2(s: _Section, path: Path, api: str) -> _V2Target:
     log line, not in ``repr``; a token others can read gets the password's warning.
     """
     org, bucket = s.text("org"), s.text("bucket")
-    token, token_file = s.raw("token") or "", s.text("token_file")
+    token = _token(s, path)  # with v1 unset: _influx_api refused it already
     if api != "v2":
         return _V2Target()
-    if token and token_file:
-        raise s.fail("token_file", "is set and so is token; allowed: one of token, token_file")
-    if token_file:
-        token = _secret_file(s, path.parent / token_file, "token_file", "API token")
-    elif token:
-        _warn_if_readable(path, "token", secret="API token")
     needed = {
         "org": (org, "the organization the bucket belongs to (InfluxDB 3: any name)"),
         "bucket": (bucket, "the bucket every point goes to (InfluxDB 3: the database)"),
@@ -743,12 +718,25 @@ def _influx_v2(s: _Section, path: Path, api: str) -> _V2Target:
     for key, (value, allowed) in needed.items():
         if not value:
             raise s.fail(key, f"is missing, and api = v2 needs it; allowed: {allowed}")
-    if any(c.isspace() or not c.isprintable() for c in token):
-        key = "token_file" if token_file else "token"
-        raise s.fail(  # not echoed: it is a secret
-            key, "holds a space or a control character; allowed: the API token as InfluxDB gave it"
-        )
     return _V2Target(org, bucket, token)
+
+
+def _token(s: _Section, path: Path) -> str:
+    """An API token from ``token`` or ``token_file`` (one of them), or "". Never echoed: not
+    in a refusal, a log line or ``repr``; one others can read gets the password's warning."""
+    token, token_file = s.raw("token") or "", s.text("token_file")
+    if token and token_file:
+        raise s.fail("token_file", "is set and so is token; allowed: one of token, token_file")
+    if token_file:
+        token = _secret_file(s, path.parent / token_file, "token_file", "API token")
+    elif token:
+        _warn_if_readable(path, "token", s.name, secret="API token")
+    if any(c.isspace() or not c.isprintable() for c in token):
+        raise s.fail(
+            "token_file" if token_file else "token",
+            "holds a space or a control character; allowed: the API token as InfluxDB gave it",
+        )
+    return token
 
 
 def _secret_file(s: _Section, file: Path, key: str, what: str) -> str:

@@ -174,28 +174,10 @@ class InfluxClient:
         send_headers = dict(headers or {})
         if self._auth:
             send_headers["Authorization"] = self._auth
-        for attempt in (1, 2):
-            fresh = self._conn is None
-            conn = self._connection()
-            try:
-                conn.request(method, target, body=body, headers=send_headers)
-                answer = conn.getresponse()
-                data = answer.read()
-            except TimeoutError:
-                self.close()
-                raise InfluxError(
-                    f"InfluxDB at {self.url} did not answer within {self.timeout:g} s"
-                ) from None
-            except (OSError, http.client.HTTPException) as err:
-                self.close()
-                # A kept-alive connection the server closed meanwhile: retry once, fresh.
-                if attempt == 1 and not fresh:
-                    continue
-                raise InfluxError(f"cannot reach InfluxDB at {self.url}: {_reason(err)}") from None
-            if answer.getheader("Connection", "").lower() == "close":
-                self.close()
-            return Response(answer.status, data, {k.lower(): v for k, v in answer.getheaders()})
-        raise AssertionError("unreachable")
+        answer, data = self._send(method, target, body, send_headers, read=True)
+        if answer.getheader("Connection", "").lower() == "close":
+            self.close()
+        return Response(answer.status, data, {k.lower(): v for k, v in answer.getheaders()})
 
     def query(self, statement: str, database: str = "", post: bool = False) -> list[dict]:
         """Run InfluxQL; returns the ``results`` list; InfluxError on any error in it."""
@@ -231,7 +213,7 @@ class InfluxClient:
         params["chunk_size"] = str(chunk_size)
         target = f"{self._prefix}/query?{urllib.parse.urlencode(params)}"
         headers = {"Authorization": self._auth} if self._auth else {}
-        answer = self._open_stream(target, headers)
+        answer, _ = self._send("GET", target, None, headers)
         complete = False
         try:
             if answer.status != 200:
@@ -286,25 +268,28 @@ class InfluxClient:
             if not complete or answer.getheader("Connection", "").lower() == "close":
                 self.close()
 
-    def _open_stream(self, target: str, headers: dict[str, str]) -> http.client.HTTPResponse:
-        """Send a GET and return the response with its body unread (one retry when a
-        kept-alive connection was closed by the server meanwhile)."""
+    def _send(
+        self,
+        method: str,
+        target: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        read: bool = False,
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        """Send a request; the response, and its body when ``read`` (else left to stream).
+        A kept-alive connection the server closed meanwhile is retried once, fresh."""
         for attempt in (1, 2):
             fresh = self._conn is None
             conn = self._connection()
             try:
-                conn.request("GET", target, headers=headers)
-                return conn.getresponse()
-            except TimeoutError:
-                self.close()
-                raise InfluxError(
-                    f"InfluxDB at {self.url} did not answer within {self.timeout:g} s"
-                ) from None
+                conn.request(method, target, body=body, headers=headers)
+                answer = conn.getresponse()
+                return answer, answer.read() if read else b""
             except (OSError, http.client.HTTPException) as err:
                 self.close()
-                if attempt == 1 and not fresh:
+                if attempt == 1 and not fresh and not isinstance(err, TimeoutError):
                     continue
-                raise InfluxError(f"cannot reach InfluxDB at {self.url}: {_reason(err)}") from None
+                raise _no_answer(self, err) from None
         raise AssertionError("unreachable")
 
     def databases(self) -> list[str]:
@@ -361,6 +346,13 @@ def seconds(text: str) -> float | None:
     except ValueError:
         return None
     return value if 0 <= value < 86400 else None
+
+
+def _no_answer(client: InfluxClient, err: BaseException) -> InfluxError:
+    """No complete HTTP answer came: a timeout, or the server could not be reached."""
+    if isinstance(err, TimeoutError):
+        return InfluxError(f"InfluxDB at {client.url} did not answer within {client.timeout:g} s")
+    return InfluxError(f"cannot reach InfluxDB at {client.url}: {_reason(err)}")
 
 
 def _reason(err: BaseException) -> str:
