@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import re
-import ssl
 import stat
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -659,6 +658,8 @@ def _ca_file(s: _Section, base: Path, url: str) -> str:
             f"{path} is not a file; allowed: the PEM certificate of the CA that signed the "
             "server's certificate",
         )
+    import ssl  # here only: some 5 MB, and most kits use plain http://
+
     try:
         ssl.create_default_context(cafile=str(path))
     except (ssl.SSLError, OSError) as err:
