@@ -1,25 +1,31 @@
 """A small HTTP client for InfluxDB: requests with credentials, and InfluxQL ``/query``.
 
-Built on :mod:`http.client` with one kept-alive connection, so it needs no third-party
-package on the Pi. Credentials travel in an ``Authorization`` header, never in a URL, so
-they cannot leak into a log line. HTTPS verifies certificates unless ``verify_tls`` is off.
-Only a complete response counts: one cut off before its headers end is no answer at all.
+Built on :mod:`agent.httpwire` with one kept-alive connection, so it needs no third-party
+package on the Pi, nor :mod:`http.client` (which loads :mod:`email` and :mod:`ssl`); ssl is
+imported only for an https:// URL. Credentials travel in an ``Authorization`` header, never
+in a URL, so they cannot leak into a log line. HTTPS verifies certificates unless
+``verify_tls`` is off. Only a complete response counts: one cut off before its headers end
+is no answer at all.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
-import http.client
 import json
 import logging
 import socket
-import ssl
+import sys
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from agent import httpwire
 from agent.errors import SensorkitError
+
+if TYPE_CHECKING:
+    import ssl
 
 log = logging.getLogger("sensorkit.influx")
 
@@ -56,39 +62,6 @@ class Response:
             return self.body.decode("utf-8", "replace")[:300]
 
 
-class _Lines:
-    """A response's socket file that remembers whether a line read hit the end of the data."""
-
-    def __init__(self, fp) -> None:
-        self._fp = fp
-        self.ended = False
-
-    def readline(self, limit: int = -1) -> bytes:
-        line = self._fp.readline(limit)
-        if not line or not line.endswith(b"\n"):
-            self.ended = True
-        return line
-
-    def __getattr__(self, name: str):
-        return getattr(self._fp, name)
-
-
-class _CompleteResponse(http.client.HTTPResponse):
-    """An HTTP response whose header block must end with its blank line.
-
-    :mod:`http.client` takes the end of the data for the end of the headers, so a reply cut
-    off after ``HTTP/1.1 204 No Content`` would look like a successful write.
-    """
-
-    def begin(self) -> None:
-        lines = _Lines(self.fp)
-        self.fp = lines  # type: ignore[assignment]
-        super().begin()
-        self.fp = lines._fp
-        if lines.ended:
-            raise http.client.IncompleteRead(b"", None)
-
-
 def quote_ident(name: str) -> str:
     """An InfluxQL identifier in double quotes (database and user names)."""
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -122,17 +95,7 @@ class InfluxClient:
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._prefix = parts.path.rstrip("/")
         self._https = parts.scheme == "https"
-        self._context: ssl.SSLContext | None = None
-        if self._https:
-            self._context = ssl.create_default_context(cafile=ca_file or None)
-            if not verify_tls:
-                self._context.check_hostname = False
-                self._context.verify_mode = ssl.CERT_NONE
-                log.warning(
-                    "[influx] tls_verify = no: the certificate of %s is NOT checked; anyone "
-                    "on the path can read and change what is sent",
-                    self.url,
-                )
+        self._context = _tls_context(self.url, ca_file, verify_tls) if self._https else None
         if token and username:
             raise ValueError("an InfluxDB client logs in with a user or a token, not both")
         self._auth = ""
@@ -143,7 +106,7 @@ class InfluxClient:
             self._auth = f"Token {token}"
         self.uses_token = bool(token)
         self.section = "influx"  # the agent.ini section messages point at ([subscriber] too)
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn: httpwire.Connection | None = None
 
     def twin(self) -> InfluxClient:
         """The same server and user on a connection of its own (for a second thread)."""
@@ -175,9 +138,9 @@ class InfluxClient:
         if self._auth:
             send_headers["Authorization"] = self._auth
         answer, data = self._send(method, target, body, send_headers, read=True)
-        if answer.getheader("Connection", "").lower() == "close":
+        if answer.header("Connection").lower() == "close":
             self.close()
-        return Response(answer.status, data, {k.lower(): v for k, v in answer.getheaders()})
+        return Response(answer.status, data, answer.headers)
 
     def query(self, statement: str, database: str = "", post: bool = False) -> list[dict]:
         """Run InfluxQL; returns the ``results`` list; InfluxError on any error in it."""
@@ -230,7 +193,7 @@ class InfluxClient:
                     said,
                     answer.status,
                     body.server_message(),
-                    seconds(answer.getheader("Retry-After", "") or ""),
+                    seconds(answer.header("Retry-After")),
                 )
             while True:
                 try:
@@ -239,7 +202,7 @@ class InfluxClient:
                     raise InfluxError(
                         f"InfluxDB at {self.url} stopped sending within {self.timeout:g} s"
                     ) from None
-                except (OSError, http.client.HTTPException) as err:
+                except (OSError, httpwire.WireError) as err:
                     raise InfluxError(
                         f"InfluxDB at {self.url} broke off the answer: {_reason(err)}"
                     ) from None
@@ -265,7 +228,7 @@ class InfluxClient:
                 yield chunk
             complete = True
         finally:
-            if not complete or answer.getheader("Connection", "").lower() == "close":
+            if not complete or answer.header("Connection").lower() == "close":
                 self.close()
 
     def _send(
@@ -275,17 +238,16 @@ class InfluxClient:
         body: bytes | None,
         headers: dict[str, str],
         read: bool = False,
-    ) -> tuple[http.client.HTTPResponse, bytes]:
+    ) -> tuple[httpwire.Response, bytes]:
         """Send a request; the response, and its body when ``read`` (else left to stream).
         A kept-alive connection the server closed meanwhile is retried once, fresh."""
         for attempt in (1, 2):
-            fresh = self._conn is None
             conn = self._connection()
+            fresh = not conn.kept_alive
             try:
-                conn.request(method, target, body=body, headers=headers)
-                answer = conn.getresponse()
+                answer = conn.request(method, target, body, headers)
                 return answer, answer.read() if read else b""
-            except (OSError, http.client.HTTPException) as err:
+            except (OSError, httpwire.WireError) as err:
                 self.close()
                 if attempt == 1 and not fresh and not isinstance(err, TimeoutError):
                     continue
@@ -307,17 +269,9 @@ class InfluxClient:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self) -> httpwire.Connection:
         if self._conn is None:
-            if self._https:
-                self._conn = http.client.HTTPSConnection(
-                    self._host, self._port, timeout=self.timeout, context=self._context
-                )
-            else:
-                self._conn = http.client.HTTPConnection(
-                    self._host, self._port, timeout=self.timeout
-                )
-            self._conn.response_class = _CompleteResponse
+            self._conn = httpwire.Connection(self._host, self._port, self.timeout, self._context)
         return self._conn
 
     def explain(self, answer: Response, doing: str, database: str = "") -> str:
@@ -355,8 +309,25 @@ def _no_answer(client: InfluxClient, err: BaseException) -> InfluxError:
     return InfluxError(f"cannot reach InfluxDB at {client.url}: {_reason(err)}")
 
 
+def _tls_context(url: str, ca_file: str, verify: bool) -> ssl.SSLContext:
+    """The certificate checks for an https:// server; ssl (some 5 MB) is imported only here."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=ca_file or None)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        log.warning(
+            "[influx] tls_verify = no: the certificate of %s is NOT checked; anyone "
+            "on the path can read and change what is sent",
+            url,
+        )
+    return context
+
+
 def _reason(err: BaseException) -> str:
-    if isinstance(err, ssl.SSLCertVerificationError):
+    ssl = sys.modules.get("ssl")  # loaded only if an https:// client was made
+    if ssl is not None and isinstance(err, ssl.SSLCertVerificationError):
         return (
             f"certificate not trusted ({err.verify_message}); set [influx] ca_file, "
             "or tls_verify = no to turn checking off"
