@@ -15,7 +15,6 @@ rename, fsync of the folder): after a crash or power cut a cursor is the old or 
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import os
 import time
@@ -84,6 +83,8 @@ def cursor_path(state_dir: Path, database: str) -> Path:
     """The file of ``database``'s cursor (its name quoted; a very long one hashed)."""
     name = urllib.parse.quote(database, safe="")
     if len(name) > 200:
+        import hashlib  # here only: it loads OpenSSL (some 3.7 MB of RSS)
+
         name = hashlib.sha256(database.encode()).hexdigest()
     return folder(state_dir) / f"{name}.cursor.json"
 

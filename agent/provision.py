@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
-import secrets
 import sys
 import tempfile
 import time
@@ -422,6 +421,8 @@ def keeper_for(request: Request, kit: Kit) -> Keeper:
 
 def new_password() -> str:
     """32 random URL-safe characters (192 bits): safe in agent.ini and InfluxQL alike."""
+    import secrets  # here only: via hmac it loads OpenSSL (some 3.7 MB of RSS)
+
     return secrets.token_urlsafe(24)
 
 

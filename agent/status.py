@@ -8,7 +8,6 @@ read-only (two lines per sealed segment, whatever the backlog).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -32,10 +31,19 @@ def queue_names(state_dir: Path) -> list[str]:
     return sorted(names)
 
 
+def _sha1_hex(data: bytes) -> str:
+    """SHA-1 by CPython's own _sha1 where it is built in: hashlib loads OpenSSL (3.7 MB RSS)."""
+    try:
+        from _sha1 import sha1
+    except ImportError:
+        from hashlib import sha1
+    return sha1(data).hexdigest()
+
+
 def runtime_path(state_dir: Path, name: str) -> Path:
     """A file of the agent with this ``state_dir`` that lives in RAM when it can: it
     survives the process (kill -9) but costs the SD card nothing (and goes with a reboot)."""
-    digest = hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:10]
+    digest = _sha1_hex(str(state_dir.resolve()).encode())[:10]
     for directory in (Path("/run/sensorkit"), Path("/dev/shm")):
         if directory.is_dir() and os.access(directory, os.W_OK):
             return directory / f"sensorkit-{digest}-{name}"
