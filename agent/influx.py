@@ -180,7 +180,10 @@ class InfluxClient:
         complete = False
         try:
             if answer.status != 200:
-                body = Response(answer.status, answer.read(), {})
+                try:
+                    body = Response(answer.status, answer.read(), {})
+                except (OSError, httpwire.WireError) as err:
+                    raise _no_answer(self, err) from None
                 said = self.explain(body, f"reading database {database!r}", database)
                 if answer.status == 403:
                     said = (
