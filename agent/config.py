@@ -547,7 +547,7 @@ def _influx(s: _Section, path: Path) -> InfluxSettings:
         create_database=s.flag("create_database", True),
         batch_size=s.number("batch_size", 5000, int, 1, 100000, "points"),
         batch_kb=s.number("batch_kb", 4096, int, 1, 1_000_000, "KiB"),
-        gzip=s.flag("gzip", True),
+        gzip=_gzip(s, url),
         sync_interval=s.number("sync_interval", 30.0, float, 0.0, 3600, "seconds"),
         queue_max_mb=s.number("queue_max_mb", 64.0, float, 0.01, 1_000_000, "MB"),
         retry_max=s.number("retry_max", 60.0, float, 1, 86400, "seconds"),
@@ -556,6 +556,21 @@ def _influx(s: _Section, path: Path) -> InfluxSettings:
         bucket=v2.bucket,
         token=v2.token,
     )
+
+
+LOOPBACK_HOSTS = ("localhost", "ip6-localhost", "::1")
+
+
+def _gzip(s: _Section, url: str) -> bool:
+    """``gzip``: yes, no, or auto (the default): compress unless the server is on this
+    machine, where compressing only costs both ends CPU and saves nothing."""
+    value = (s.typed("gzip") or "auto").lower()
+    if value == "auto":
+        host = (urllib.parse.urlsplit(url).hostname or "").lower()
+        return not (host in LOOPBACK_HOSTS or host.startswith("127."))
+    if value in configparser.ConfigParser.BOOLEAN_STATES:
+        return configparser.ConfigParser.BOOLEAN_STATES[value]
+    raise s.fail("gzip", f"{value!r} is not allowed; allowed: auto, yes, no")
 
 
 def _server_url(s: _Section) -> str:

@@ -10,10 +10,12 @@ time (all the agent's threads) from opening the output to the queue being empty.
 Baseline: the same pre-encoded line protocol POSTed with ``requests`` in 5,000-line bodies,
 on 1, 2, 3 and 4 connections at once, gzip on and off: every configuration is measured in
 every round and the best one of the round is the baseline its agent runs are compared with,
-so the ratio is against the server's real limit here, not a weak client. Runs alternate
-(baseline configurations, agent gzip on, agent gzip off, then the reverse) so server warm-up
-and growth hit all alike; before each timed run the page cache is flushed and influxd left to
-go idle. Median and range over the rounds are reported.
+so the ratio is against the server's real limit here, not a weak client. The agent runs as
+the default agent.ini has it (``gzip = auto``, which is off for a server on loopback) and with
+``gzip = yes`` (what a kit sending across a network does). Runs alternate (baseline
+configurations, agent gzip on, agent by default, then the reverse) so server warm-up and
+growth hit all alike; before each timed run the page cache is flushed and influxd left to go
+idle. Median and range over the rounds are reported.
 
 Start-up: a 5,000,000-point backlog (about 1 GB of segments) is queued, then opening the queue
 and an offline ``status`` read of it are timed (``--startup-points 0`` skips it).
@@ -107,10 +109,12 @@ def run_raw(server: InfluxServer, bodies: list[bytes], n: int, db: str, conns: i
 
 
 def run_agent(server: InfluxServer, lines: list[str], db: str, gzip: bool) -> dict[str, float]:
-    """(seconds to drain and be queryable, agent CPU seconds, seconds to queue the backlog)."""
+    """(seconds to drain and be queryable, agent CPU seconds, seconds to queue the backlog).
+    ``gzip`` False: the default agent.ini (gzip = auto, off for a server on loopback);
+    True: ``gzip = yes``, as a kit sending across a network does."""
     work = tmpdir("sensorkit-drain-")
     try:
-        ini = write_ini(work, server.url, gzip="yes" if gzip else "no")
+        ini = write_ini(work, server.url, **({"gzip": "yes"} if gzip else {}))
         settings = load(ini)
         assert settings.influx.gzip is gzip and settings.influx.batch_size == BATCH
         t = time.perf_counter()
@@ -208,8 +212,8 @@ def main() -> int:
                 "gzip_us": agent["gzip"]["cpu"] / n * 1e6,
                 "plain_us": agent["plain"]["cpu"] / n * 1e6,
             }
-            result["ratio"] = result["gzip_pps"] / result["raw_pps"]
-            result["ratio_plain"] = result["plain_pps"] / result["raw_pps"]
+            result["ratio"] = result["plain_pps"] / result["raw_pps"]
+            result["ratio_gzip"] = result["gzip_pps"] / result["raw_pps"]
             rounds.append(result)
             cells = "  ".join(
                 f"{c}{'z' if g else ' '} {n / raw[(c, g)]:8,.0f}" for c, g in raw_kinds
@@ -217,37 +221,37 @@ def main() -> int:
             print(f"  round {r + 1}: raw points/s by connections (z: gzip): {cells}")
             print(
                 f"           best raw {best[0]} conn{' gzip' if best[1] else ''}: "
-                f"{result['raw_pps']:,.0f}/s; agent gzip on {result['gzip_pps']:,.0f}/s "
-                f"(ratio {result['ratio']:.2f}, {result['gzip_us']:.2f} us CPU/point), "
-                f"gzip off {result['plain_pps']:,.0f}/s (ratio {result['ratio_plain']:.2f}, "
-                f"{result['plain_us']:.2f} us/point)"
+                f"{result['raw_pps']:,.0f}/s; agent (default, gzip off on loopback) "
+                f"{result['plain_pps']:,.0f}/s (ratio {result['ratio']:.2f}, "
+                f"{result['plain_us']:.2f} us CPU/point), gzip = yes {result['gzip_pps']:,.0f}/s "
+                f"(ratio {result['ratio_gzip']:.2f}, {result['gzip_us']:.2f} us/point)"
             )
     finally:
         server.cleanup()
 
     ratios = [r["ratio"] for r in rounds]
-    plain = [r["ratio_plain"] for r in rounds]
-    us = [r["gzip_us"] for r in rounds]
-    us_plain = [r["plain_us"] for r in rounds]
+    zipped = [r["ratio_gzip"] for r in rounds]
+    us = [r["plain_us"] for r in rounds]
+    us_gzip = [r["gzip_us"] for r in rounds]
     print()
     print(f"ratio to the best raw configuration of the same round, over {len(rounds)} rounds:")
     print(
-        f"  agent, gzip on (default): {spread(ratios)}; target >= 0.8 -> "
-        f"{'met' if statistics.median(ratios) >= 0.8 else 'MISSED'}"
+        f"  agent, default agent.ini (gzip = auto: off on loopback): {spread(ratios)}; "
+        f"target >= 0.8 -> {'met' if statistics.median(ratios) >= 0.8 else 'MISSED'}"
     )
-    print(f"  agent, gzip off:          {spread(plain)}")
+    print(f"  agent, gzip = yes (a server across a network): {spread(zipped)}")
     print(
-        f"agent CPU per delivered point, us: gzip on {spread(us)}; gzip off {spread(us_plain)};"
-        f" target <= 1 -> {'met' if statistics.median(us) <= 1 else 'MISSED'}"
+        f"agent CPU per delivered point, us: default {spread(us)}, target <= 1 -> "
+        f"{'met' if statistics.median(us) <= 1 else 'MISSED'}; gzip = yes {spread(us_gzip)}"
     )
     figures = {
         "ratio": round(statistics.median(ratios), 3),
         "ratio_min": round(min(ratios), 3),
         "ratio_max": round(max(ratios), 3),
-        "ratio_gzip_off": round(statistics.median(plain), 3),
+        "ratio_gzip_on": round(statistics.median(zipped), 3),
         "us_per_point": round(statistics.median(us), 3),
-        "us_per_point_gzip_off": round(statistics.median(us_plain), 3),
-        "points_per_s": round(statistics.median(r["gzip_pps"] for r in rounds)),
+        "us_per_point_gzip_on": round(statistics.median(us_gzip), 3),
+        "points_per_s": round(statistics.median(r["plain_pps"] for r in rounds)),
         "baseline_points_per_s": round(statistics.median(r["raw_pps"] for r in rounds)),
         "points": n,
         "rounds": len(rounds),

@@ -137,6 +137,8 @@ def test_the_cli_uses_env_then_cwd_config(tmp_path):
          "nothere.txt is not a file", "a file of Dylos lines"),
         ("[kit]\nproject = BdP\n[influx]\nurl = http://h:8086/?u=bob&p=pw\n", "influx", "url",
          "holds a user name or password (or a query)", "http://host:port"),
+        ("[kit]\nproject = BdP\n[influx]\ngzip = maybe\n", "influx", "gzip",
+         "'maybe' is not allowed", "auto, yes, no"),
     ],
 )  # fmt: skip
 def test_bad_values_exit_2_naming_file_section_key_and_what_is_allowed(
@@ -210,6 +212,25 @@ def test_values_are_typed_and_numbers_may_carry_a_comment(tmp_path):
     assert dylos.enabled is True and dylos.backend == "simulated"
     assert bme280.options["address"] == 0x77
     assert settings.influx.timeout == 2.5
+
+
+@pytest.mark.parametrize(
+    ("url", "setting", "compressed"),
+    [
+        ("http://localhost:8086", "", False),
+        ("http://127.0.0.1:8086", "", False),
+        ("http://[::1]:8086", "gzip = auto", False),
+        ("https://influx.example.org", "", True),
+        ("http://192.168.1.20:8086", "", True),
+        ("http://localhost:8086", "gzip = yes", True),
+        ("https://influx.example.org", "gzip = no", False),
+    ],
+)  # fmt: skip
+def test_gzip_auto_compresses_unless_the_server_is_on_this_machine(
+    tmp_path, url, setting, compressed
+):
+    text = f"[kit]\nproject = BdP\n[influx]\nurl = {url}\n{setting}\n"
+    assert load(write_config(tmp_path / "agent.ini", text)).influx.gzip is compressed
 
 
 def test_a_relative_state_dir_is_relative_to_the_config_file(tmp_path, monkeypatch):

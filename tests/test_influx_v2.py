@@ -136,7 +136,7 @@ def test_the_bucket_is_the_one_of_the_output_whatever_database_the_batch_names(s
 def test_publish_delivers_every_point_of_a_file_to_the_bucket_with_the_token_never_shown(
     stub, tmp_path
 ):
-    config = v2_config(tmp_path, stub.url)
+    config = v2_config(tmp_path, stub.url, "gzip = yes")  # the stub is on loopback: auto is off
     done = sensorkit("-v", "publish", "-c", str(config), str(TESTDATA))  # -v: debug logging
     assert done.returncode == 0, done.stderr
     assert f"-> bucket {BUCKET!r}" in done.stderr
