@@ -4,10 +4,11 @@ A log of segment files, ``<state_dir>/<name>.log/<number>.seg``, in the format o
 :mod:`agent.segments`: line protocol in frames that check themselves point by point.
 
 - :meth:`DurableQueue.append` is one ``write()`` of whole frames before it returns, so a point
-  survives ``kill -9`` at once. Every ``sync_interval`` seconds the segment is fdatasynced if
-  anything was appended: a power cut costs at most that many seconds of undelivered points,
+  survives ``kill -9`` at once. The frames go to a stage in RAM (:mod:`agent.stage`); every
+  ``sync_interval`` seconds what is staged and still undelivered is copied to the segment on
+  the card and fdatasynced: a power cut costs at most that many seconds of undelivered points,
   and the card sees one small flush per interval. The moment everything is delivered the
-  segment is cut to nothing, so points delivered online never reach the card.
+  stage (and the segment) is cut to nothing, so points delivered online never reach the card.
 - A backlog is read back in batches that are byte ranges of the segments, checked with one
   CRC call each (the frames' CRC chain) and sent as they are (InfluxDB skips the ``#`` lines):
   a drain costs little per point. Settled points are kept as ranges; delivered segments are
@@ -44,6 +45,7 @@ from agent.counters import Counters
 from agent.errors import SensorkitError
 from agent.intervals import Intervals
 from agent.quarantine import QuarantinedPoint, QuarantineStore
+from agent.ramfiles import ram_path
 from agent.recovery import (
     DROP_REASONS,
     QueueStats,
@@ -58,6 +60,7 @@ from agent.recovery import (
     survey,
 )
 from agent.segments import Damage, Frame, Trailer
+from agent.stage import Stage, staged_frames
 
 log = logging.getLogger("sensorkit.buffer")
 
@@ -235,6 +238,8 @@ class DurableQueue:
         self._folder = self.directory / f"{self.name}.log"
         self._folder.mkdir(exist_ok=True)
         self._head_path = self.directory / f"{self.name}.head"
+        self._card_refused = False  # a flush failed (a full card): append to it directly
+        self._stage = self._open_stage()
         found = survey(self.directory, self.name, repair=True)
         self._segments: list[SegmentInfo] = found.segments
         self._head = found.head
@@ -267,9 +272,100 @@ class DurableQueue:
         else:
             self._settled.add(self._head, self._next_seq)
         self._count = self._next_seq - self._head - self._settled.total
+        self._durable = self._active.size  # bytes of the active segment on the card (not staged)
         self._disk = sum(segment.size for segment in self._segments)  # bytes of all segments
         self._count_drop("damaged", found.newly_damaged)
         self._head_moved(force=True)
+        self._requeue()
+
+    def _open_stage(self) -> Stage | None:
+        """The RAM stage of fresh frames (None where there is no RAM-backed directory).
+
+        What a crash left staged goes back where it belongs when it fits there exactly (the
+        newest segment, unchanged up to its offset). Anything else (a stage an earlier start
+        did not see, a card that refuses the bytes) is set aside as ``.stage.old`` and its
+        points queued again once the queue is open: re-sent perhaps, never lost.
+        """
+        path = ram_path(self.directory, f"{self.name}.stage")
+        if path is None:
+            return None
+        try:
+            stage = Stage(path)
+        except OSError as err:
+            log.warning("queue %s: no stage in RAM (%s); frames go to the card", self.name, err)
+            return None
+        left = stage.leftover()
+        if left is not None:
+            try:
+                restored = self._restore(*left)
+            except OSError as err:
+                log.warning("queue %s: frames left in RAM not restored: %s", self.name, err)
+                restored = False
+            if restored:
+                stage.clear()
+            else:
+                os.replace(path, self._requeue_path(path))
+                stage.close()
+                stage = Stage(path)
+        return stage
+
+    @staticmethod
+    def _requeue_path(stage: Path) -> Path:
+        return stage.with_name(stage.name + ".old")
+
+    def _restore(self, number: int, offset: int, data: bytes) -> bool:
+        """Write frames a crash left staged at ``offset`` of segment ``number``, if that is
+        the newest segment and holds, after ``offset``, nothing or a first part of ``data`` (a
+        flush cut off); False when the stage does not fit there."""
+        newest = max(self._folder.glob("*.seg"), default=None)
+        path = self._folder / f"{number:016d}.seg"
+        if number < 0 or (newest is not None and newest != path):
+            return False
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            if size < offset or not data.startswith(_pread(fd, size - offset, offset)):
+                return False
+            at = offset
+            view = memoryview(data)
+            try:
+                while view:
+                    written = os.pwrite(fd, view, at)
+                    view, at = view[written:], at + written
+                os.fdatasync(fd)
+            except OSError:
+                os.ftruncate(fd, max(size, offset))  # no torn frame to be counted again
+                raise
+        finally:
+            os.close(fd)
+        log.info("queue %s: %d bytes a crash left in RAM written to %s", self.name, len(data), path)
+        return True
+
+    def _requeue(self) -> None:
+        """Queue again the points of a stage that did not fit where it came from (see
+        :meth:`_open_stage`), then forget it."""
+        if self._stage is None:
+            return
+        old = self._requeue_path(self._stage.path)
+        try:
+            data = staged_frames(old) if old.exists() else b""
+        except OSError:
+            return
+        items = [
+            (item.db.decode(), line)
+            for item in segments.walk(data)
+            if isinstance(item, Frame)
+            for k, line in enumerate(data[item.body : item.stop].split(b"\n"))
+            if k not in item.bad and line
+        ]
+        if items:
+            self.append(items)
+            log.warning(
+                "queue %s: %d points left in RAM by an earlier run queued again",
+                self.name,
+                len(items),
+            )
+        old.unlink(missing_ok=True)
 
     # -- appending ------------------------------------------------------------------------
 
@@ -292,7 +388,7 @@ class DurableQueue:
                 self._rotate()
                 active = self._active
                 blob, chain = _pack(groups, self._next_seq, now, 0)
-            self._write(blob)
+            self._put(blob)
             count = sum(len(lines) for _, lines in groups)
             if active.empty:
                 active.first = self._next_seq
@@ -309,22 +405,46 @@ class DurableQueue:
             if self.sync_interval <= 0:
                 self.sync()
 
-    def _write(self, blob: bytes) -> None:
-        """Append ``blob`` whole (short writes are completed), or cut it off and raise."""
+    def _put(self, frames: bytes) -> None:
+        """Append frames to the stage in RAM; to the segment where there is none, RAM is
+        full or the last flush failed (then what is staged goes first, to keep the order)."""
+        if self._stage is not None and not self._card_refused:
+            try:
+                self._stage.append(self._active.number, self._durable, frames)
+                return
+            except OSError as err:
+                log.warning("queue %s: cannot stage in RAM (%s); to the card", self.name, err)
+        try:
+            self._flush_stage()
+        except OSError as failed:
+            raise OSError(failed.errno, f"{failed}; the point was not queued") from None
+        self._write(frames, "the point was not queued")
+
+    def _flush_stage(self) -> None:
+        """Copy what is staged to the end of the active segment on the card (not yet durable)."""
+        stage = self._stage
+        if stage is not None and stage.size:
+            self._write(stage.everything(), "the points stay in RAM until the next flush")
+            stage.clear()
+
+    def _write(self, blob: bytes, otherwise: str) -> None:
+        """Append ``blob`` whole to the active segment on the card (short writes are
+        completed), or cut it off and raise an OSError that ends with ``otherwise``."""
         view = memoryview(blob)
         try:
             while view:
                 view = view[os.write(self._fd, view) :]
         except OSError as err:
             try:  # no torn frame may stay: the next append would follow garbage
-                os.ftruncate(self._fd, self._active.size)
+                os.ftruncate(self._fd, self._durable)
             except OSError:
                 log.exception("queue %s: cannot cut a failed write off", self.name)
             raise OSError(
                 err.errno,
                 f"queue {self.name}: cannot append to {self._active.path}: {err.strerror}; "
-                "the point was not queued",
+                + otherwise,
             ) from err
+        self._durable += len(blob)
 
     @property
     def _active(self) -> SegmentInfo:
@@ -353,10 +473,12 @@ class DurableQueue:
         # restart it is read frame by frame again, so its damaged points are never sent (the
         # chain alone, taken over the damaged bytes at start-up, would let them through).
         chain = active.chain ^ 0xFFFFFFFF if active.damaged else active.chain
+        self._flush_stage()  # emptied before the trailer: a sealed segment has nothing staged
         self._write(
             segments.pack_trailer(
                 active.first, active.next, points, int(active.oldest or 0), chain, dbs
-            )
+            ),
+            "the queue cannot take points",
         )
         os.fdatasync(self._fd)
         self.fsyncs += 1
@@ -366,6 +488,7 @@ class DurableQueue:
         self._disk += grown
         active.sealed = True
         self._segments.append(self._new_segment(active.number + 1))
+        self._durable = 0
         self._dirty = False
 
     # -- reading --------------------------------------------------------------------------
@@ -449,7 +572,11 @@ class DurableQueue:
         if stop <= offset:
             return b""
         if segment is self._active and self._fd >= 0:
-            return _pread(self._fd, stop - offset, offset)
+            card = self._durable
+            data = _pread(self._fd, min(stop, card) - offset, offset) if offset < card else b""
+            if stop > card and self._stage is not None:
+                data += self._stage.read(max(offset, card) - card, stop - card)
+            return data
         fd = os.open(segment.path, os.O_RDONLY | os.O_NOATIME)
         try:
             return _pread(fd, stop - offset, offset)
@@ -675,21 +802,28 @@ class DurableQueue:
         if known is not None:
             self._head_pos, self._head_skip = self._normal(known, self._head), 0
         else:
-            number, offset, self._oldest, self._head_skip = head_frame(self._segments, self._head)
+            number, offset, self._oldest, self._head_skip = head_frame(
+                self._segments, self._head, self._read
+            )
             self._head_pos = (number, offset)
         if time.monotonic() - self._head_time >= HEAD_EVERY:
             self._write_head()
 
     def _empty_active(self) -> None:
-        """Everything is delivered: cut the active segment to nothing, before the kernel
-        writes any of it to the card."""
+        """Everything is delivered: empty the stage, and cut the active segment to nothing
+        if a flush put any of it on the card."""
         active = self._active
         if not active.empty:
-            try:
-                os.ftruncate(self._fd, 0)
+            try:  # the card first: a stage emptied before a failed cut would not match it
+                if self._durable:
+                    os.ftruncate(self._fd, 0)
+                    self._durable = 0
+                if self._stage is not None:
+                    self._stage.clear()
             except OSError as err:
                 log.warning("queue %s: cannot empty %s: %s", self.name, active.path, err)
                 return
+        self._durable = 0
         active.first = active.next = self._next_seq
         self._disk -= active.size
         active.size = active.frames_end = active.chain = 0
@@ -746,7 +880,15 @@ class DurableQueue:
         with self._lock:
             if self._closed is not None:
                 return
+            self._last_sync = time.monotonic()  # a failed flush is tried again in an interval
             if self._dirty and not self._active.empty:
+                try:
+                    self._flush_stage()
+                except OSError:
+                    self._card_refused = True  # what is staged stays; new points try the card
+                    self._write_head()  # a few bytes may fit where the frames did not
+                    raise
+                self._card_refused = False
                 os.fdatasync(self._fd)
                 self.fsyncs += 1
             self._dirty = False
@@ -756,10 +898,13 @@ class DurableQueue:
                 self._counters_time = time.monotonic()
             self._last_sync = time.monotonic()
 
-    def maybe_sync(self) -> None:
-        """:meth:`sync` when ``sync_interval`` has passed since the last one."""
-        if time.monotonic() - self._last_sync >= self.sync_interval:
+    def maybe_sync(self, late: float = 0.0) -> bool:
+        """:meth:`sync` when ``sync_interval`` (plus ``late`` seconds) has passed since the
+        last; True when it did."""
+        if time.monotonic() - self._last_sync >= self.sync_interval + late:
             self.sync()
+            return True
+        return False
 
     def _write_head(self) -> None:
         """Record the head when points remain on disk and it moved (a drain, a drop)."""
@@ -795,6 +940,8 @@ class DurableQueue:
                     self.counters.flush(durable=True)
                 if self._fd >= 0:
                     os.close(self._fd)
+                if self._stage is not None:
+                    self._stage.close()
                 if self._active.empty:
                     self._active.path.unlink(missing_ok=True)
                 self.store.close()

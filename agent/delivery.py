@@ -29,6 +29,10 @@ from agent.telegram import Telegram
 
 log = logging.getLogger("sensorkit.influx")
 
+# Seconds past ``sync_interval`` the sender flushes with requests still in flight; it
+# otherwise flushes right after settling, so points just delivered are never written out.
+SYNC_LATE = 5.0
+
 Encode = Callable[[Telegram], list[tuple[str, str]]]
 
 
@@ -141,6 +145,7 @@ class Delivery:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._gave_up = False  # wait_drained timed out: close() gives no extra grace
+        self._flush_failing = False  # the last flush failed (said once)
         self._beat = time.monotonic()  # the sender's last turn, for the watchdog
         self._local = threading.local()  # each helper thread's own connection
         self._twins: list[Sink] = []
@@ -290,11 +295,14 @@ class Delivery:
                 flying -= finished
                 for future in finished:
                     self._settled(future)
+                if finished:  # flush once what was delivered is settled: it never reaches the card
+                    self._sync()
                 now = time.monotonic()
                 if now < self._state.retry_at:  # backing off: let what flies land, then wait
                     last = None
                     if flying:
                         wait(flying, timeout=1.0, return_when=FIRST_COMPLETED)
+                        self._sync(late=SYNC_LATE)
                     else:
                         self._sync()
                         self._wake.wait(min(self._state.retry_at - now, 1.0))
@@ -308,7 +316,7 @@ class Delivery:
                     self._wake.wait(min(1.0, interval) if interval > 0 else 1.0)
                     continue
                 wait(flying, timeout=1.0, return_when=FIRST_COMPLETED)
-                self._sync()
+                self._sync(late=SYNC_LATE)  # a request that hangs does not hold the flush back
             wait(flying, timeout=self.sink.timeout + 1)
             for future in flying:
                 if future.done():
@@ -317,7 +325,7 @@ class Delivery:
             pool.shutdown(wait=True)
             for sink in self._twins:
                 sink.close()
-            self.queue.sync()
+            self._sync(now=True)
 
     def _launch(self, pool: ThreadPoolExecutor, flying: set[Future], last: Batch | None):
         """Put batches in flight up to the limit; returns the newest one launched."""
@@ -353,11 +361,19 @@ class Delivery:
         else:
             self._succeeded(failure)
 
-    def _sync(self) -> None:
+    def _sync(self, late: float = 0.0, now: bool = False) -> None:
+        """Flush the queue when due (``now``: at once); a failure is said once per episode."""
         try:
-            self.queue.maybe_sync()
-        except OSError:
-            log.exception("%s sender: flush failed; points stay in the queue", self.name)
+            if now:
+                self.queue.sync()
+            elif not self.queue.maybe_sync(late):
+                return
+        except OSError as err:
+            if not self._flush_failing:
+                log.error("%s sender: flush failed: %s", self.name, err)
+            self._flush_failing = True
+        else:
+            self._flush_failing = False
 
     # -- one batch: a transaction -----------------------------------------------------------
 

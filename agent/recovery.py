@@ -14,6 +14,7 @@ import logging
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from agent import segments
 from agent.counters import read_counters
 from agent.intervals import Intervals
 from agent.quarantine import count_quarantined, held_from, legacy_counters, settled_from
+from agent.ramfiles import ram_path
 from agent.segments import Damage, Frame, Trailer
+from agent.stage import staged_frames
 
 log = logging.getLogger("sensorkit.buffer")
 
@@ -112,9 +115,7 @@ def survey(directory: Path, name: str, repair: bool) -> Survey:
         # were delivered): what measures damage at its very start
         prior = found[-1].next if found else head
         known_next = first_seq(paths[i + 1]) if i + 1 < len(paths) else None
-        scanned = load(
-            directory, name, path, i == len(paths) - 1, prior, repair, head, known_next
-        )
+        scanned = load(directory, name, path, i == len(paths) - 1, prior, repair, head, known_next)
         if scanned is None:
             continue
         segment, lost, fresh = scanned
@@ -478,14 +479,22 @@ def _legacy(name: str, path: Path, repair: bool) -> bytes:
     return data
 
 
-def head_frame(found: list[SegmentInfo], head: int) -> tuple[int, int, float | None, int]:
+def head_frame(
+    found: list[SegmentInfo],
+    head: int,
+    read: Callable[[SegmentInfo, int, int], bytes] | None = None,
+) -> tuple[int, int, float | None, int]:
     """(segment number, offset, time queued, bytes before ``head`` in it) of the frame
-    holding ``head``: where reading starts."""
+    holding ``head``: where reading starts. ``read`` reads a segment's bytes (the running
+    queue's own reader, which knows what is still staged in RAM); else the file is read."""
     for segment in found:
         if segment.next <= head or segment.empty:
             continue
-        with open(segment.path, "rb") as handle:
-            data = handle.read(segment.frames_end)
+        if read is not None:
+            data = read(segment, 0, segment.frames_end)
+        else:
+            with open(segment.path, "rb") as handle:
+                data = handle.read(segment.frames_end)
         damaged = None  # damage that may hold points from the head on: read from there
         for item in segments.walk(data):
             if isinstance(item, Damage):
@@ -524,6 +533,12 @@ def read_stats(directory: str | os.PathLike[str], name: str) -> QueueStats | Non
         number, offset, oldest, skip = head_frame(found.segments, found.head)
         ahead = [s for s in found.segments if s.number >= number]
         size = sum(s.size for s in ahead) - offset - skip
+    # frames a kill -9 left in the RAM stage (agent/stage.py): the next start writes them out
+    staged = staged_frames(ram_path(directory, f"{name}.stage"))
+    for item in segments.walk(staged):
+        if isinstance(item, Frame) and item.seq >= found.next_seq:
+            count, size = max(0, count) + item.count, max(0, size) + item.stop - item.offset
+            oldest = float(item.queued) if oldest is None else oldest
     return make_stats(counters, max(0, count), size, oldest, count_quarantined(sqlite_path))
 
 

@@ -26,8 +26,9 @@ from agent.clock import Clock, Stamps, boot_id
 from agent.config import ConfigError, SensorSettings, Settings
 from agent.errors import SensorkitError
 from agent.outputs import Output, Queued
+from agent.ramfiles import runtime_path
 from agent.sensors import open_sensor
-from agent.status import runtime_path, snapshot_path, write_snapshot
+from agent.status import snapshot_path, write_snapshot
 from agent.telegram import Data, Ident, Telegram
 from agent.undated import Held, Undated
 from agent.windowlog import WindowLog

@@ -17,6 +17,7 @@ from pathlib import Path
 from agent.cursor import Cursor
 from agent.cursor import load_all as load_cursors
 from agent.delivery import offline_stats
+from agent.ramfiles import runtime_path
 from agent.recovery import DROP_REASONS
 
 STALE_AFTER = 30.0
@@ -29,25 +30,6 @@ def queue_names(state_dir: Path) -> list[str]:
         for path in state_dir.glob(pattern):
             names.add(path.name.removesuffix(suffix))
     return sorted(names)
-
-
-def _sha1_hex(data: bytes) -> str:
-    """SHA-1 by CPython's own _sha1 where it is built in: hashlib loads OpenSSL (3.7 MB RSS)."""
-    try:
-        from _sha1 import sha1
-    except ImportError:
-        from hashlib import sha1
-    return sha1(data).hexdigest()
-
-
-def runtime_path(state_dir: Path, name: str) -> Path:
-    """A file of the agent with this ``state_dir`` that lives in RAM when it can: it
-    survives the process (kill -9) but costs the SD card nothing (and goes with a reboot)."""
-    digest = _sha1_hex(str(state_dir.resolve()).encode())[:10]
-    for directory in (Path("/run/sensorkit"), Path("/dev/shm")):
-        if directory.is_dir() and os.access(directory, os.W_OK):
-            return directory / f"sensorkit-{digest}-{name}"
-    return state_dir / name
 
 
 def snapshot_path(state_dir: Path) -> Path:

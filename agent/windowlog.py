@@ -1,7 +1,7 @@
 """The readings of the window being averaged, on disk, so ``kill -9`` does not lose them.
 
 Each accepted reading is one ``write()`` of a short text line to the window log, kept in RAM
-(``/run/sensorkit`` or ``/dev/shm``, see :func:`agent.status.runtime_path`), so it costs the
+(``/run/sensorkit`` or ``/dev/shm``, see :mod:`agent.ramfiles`), so it costs the
 SD card nothing however long the window; the file is emptied when the window's telegram has
 been handed to the outputs. After a crash or ``kill -9`` the agent reads it back and sends
 that window's telegram late rather than never. A power cut loses it with the RAM: at most one

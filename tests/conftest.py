@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,19 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# The agent's RAM files (status snapshot, window log, queue stage; agent/ramfiles.py) go to a
+# directory of this run's own, inherited by every child: what a kill -9 in one run leaves
+# in /dev/shm can never be taken back by a later run whose temp dir has the same name.
+_RAM = tempfile.mkdtemp(
+    prefix="sensorkit-tests-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+)
+os.environ["RUNTIME_DIRECTORY"] = _RAM
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_RAM, ignore_errors=True)
+
 
 from influxd import InfluxServer, influxd_binary  # noqa: E402
 

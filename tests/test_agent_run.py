@@ -16,8 +16,8 @@ from conftest import ROOT, run_sensorkit, write_config
 from agent.aggregator import robust_mean
 from agent.config import load
 from agent.console import ConsoleOutput
+from agent.ramfiles import runtime_path
 from agent.runner import Agent
-from agent.status import runtime_path
 from drivers.sim.dylos import SimulatedDylos
 
 

@@ -24,6 +24,8 @@ from httpstub import FlakyProxy, SilentServer
 from influxd import InfluxServer, free_port
 
 from agent import segments
+from agent.ramfiles import ram_path
+from agent.stage import staged_frames
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTDATA = ROOT / "testdata" / "bdp-test_sense.json"
@@ -128,10 +130,11 @@ def assert_exactly_once(server: InfluxServer, db: str, built: list[dict], missin
 
 
 def queued_lines(state_dir: Path, name: str = "influx") -> list[str]:
-    """Every record in the queue's segment files, read without changing them."""
+    """Every record in the queue's segment files and its stage in RAM (what a restart takes
+    back after a kill -9), read without changing them."""
     out = []
-    for path in sorted((state_dir / f"{name}.log").glob("*.seg")):
-        data = path.read_bytes()
+    blobs = [p.read_bytes() for p in sorted((state_dir / f"{name}.log").glob("*.seg"))]
+    for data in blobs + [staged_frames(ram_path(state_dir, f"{name}.stage"))]:
         for item in segments.walk(data):
             if isinstance(item, segments.Frame):
                 out += data[item.body : item.stop].decode().splitlines()

@@ -4,13 +4,12 @@ for ``sensorkit run`` on plain http://."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from agent import status
+from agent import ramfiles
 
 ROOT = Path(__file__).resolve().parent.parent
 OPENSSL = ("hashlib", "_hashlib", "hmac", "secrets", "ssl", "_ssl")
@@ -22,8 +21,8 @@ import json, sys
 from pathlib import Path
 from agent import cli
 cli.parser()  # every command's arguments, provision's too
-import agent.runner, agent.status, agent.cursor
-agent.status.runtime_path(Path(sys.argv[1]), "status.json")
+import agent.runner, agent.status, agent.cursor, agent.ramfiles
+agent.ramfiles.runtime_path(Path(sys.argv[1]), "status.json")
 agent.cursor.cursor_path(Path(sys.argv[1]), "P_kit")
 print(json.dumps(sorted(m for m in sys.modules if m in {OPENSSL!r})))
 """
@@ -35,6 +34,8 @@ print(json.dumps(sorted(m for m in sys.modules if m in {OPENSSL!r})))
     assert json.loads(done.stdout) == []
 
 
-def test_the_runtime_file_name_keeps_hashlibs_sha1_of_the_state_dir():
-    for text in (b"", b"/var/lib/sensorkit", "/srv/kit-\u00e9".encode()):
-        assert status._sha1_hex(text) == hashlib.sha1(text).hexdigest()
+def test_ram_file_names_are_stable_and_apart_for_each_state_dir(tmp_path):
+    one = ramfiles.ram_path(tmp_path / "a", "status.json")
+    assert one == ramfiles.ram_path(tmp_path / "a", "status.json")
+    assert one != ramfiles.ram_path(tmp_path / "b", "status.json")
+    assert one is not None and one.name.endswith("-status.json")

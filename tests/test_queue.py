@@ -24,6 +24,7 @@ from agent.buffer import (
     read_stats,
     release_quarantined,
 )
+from agent.ramfiles import ram_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,14 +51,22 @@ def segment_files(directory: Path, name: str = "q") -> list[Path]:
 
 
 def on_disk(directory: Path, name: str = "q") -> list[str]:
-    """The lines of every whole frame in the segment files, in order."""
+    """The lines of every whole frame a restart would find, in order: in the segment files,
+    then in the stage in RAM (what a kill -9 leaves there goes to the card at the restart)."""
     out = []
-    for path in segment_files(directory, name):
-        data = path.read_bytes()
+    stage = ram_path(directory, f"{name}.stage")
+    staged = stage.read_bytes().partition(b"\n")[2] if stage and stage.exists() else b""
+    for data in [p.read_bytes() for p in segment_files(directory, name)] + [staged]:
         for item in segments.walk(data):
             if isinstance(item, segments.Frame):
                 out += data[item.body : item.stop].decode().splitlines()
     return out
+
+
+def onto_the_card(directory: Path) -> None:
+    """A restart, killed at once: it writes what a kill -9 left in the RAM stage to the
+    segment files, so a test can damage or cut the card's bytes as a power cut would."""
+    crash_after(directory, "pass")
 
 
 def record_size(i: int) -> int:
@@ -186,6 +195,7 @@ def test_quarantined_points_do_not_come_back_after_a_crash(tmp_path):
 
 def test_replay_stops_at_a_torn_tail_and_keeps_what_came_before(tmp_path, caplog):
     crash_after(tmp_path, 'q.append([("a", line(i)) for i in range(3)])')
+    onto_the_card(tmp_path)
     journal = segment_files(tmp_path)[-1]
     whole = journal.read_bytes()
     record = segments.pack_frame(99, b"a", [line(99).encode()], 1, 0)
@@ -200,6 +210,7 @@ def test_replay_stops_at_a_torn_tail_and_keeps_what_came_before(tmp_path, caplog
 
 def test_record_with_a_bad_checksum_is_not_replayed(tmp_path):
     crash_after(tmp_path, 'q.append([("a", line(i)) for i in range(3)])')
+    onto_the_card(tmp_path)
     journal = segment_files(tmp_path)[-1]
     blob = bytearray(journal.read_bytes())
     blob[-3] ^= 0xFF  # flip bits in the last record's text
@@ -519,6 +530,7 @@ def test_a_garbled_length_of_bytes_resynchronises_on_the_next_frame(tmp_path):
 
 def test_damage_in_the_last_segment_is_found_at_start_and_the_rest_kept(tmp_path):
     crash_after(tmp_path, 'for i in range(20):\n    q.append([("a", line(i))])')
+    onto_the_card(tmp_path)
     journal = segment_files(tmp_path)[-1]
     data = journal.read_bytes()
     frames = [f for f in segments.walk(data) if isinstance(f, segments.Frame)]
@@ -810,4 +822,150 @@ def test_damage_to_the_oldest_frame_after_quarantined_points_left_is_counted(tmp
     q = DurableQueue(tmp_path, "q", max_bytes=12 * 1024)
     assert q.stats().dropped_by.get("damaged", 0) == left
     assert drain(q) == []
+    q.close()
+
+
+# -- the stage in RAM (agent/stage.py) ---------------------------------------------------------
+
+
+def stage_file(directory: Path, name: str = "q") -> Path:
+    path = ram_path(directory, f"{name}.stage")
+    assert path is not None, "no RAM-backed directory"
+    return path
+
+
+def test_between_flushes_the_card_is_not_written_and_a_flush_puts_every_undelivered_point_there(
+    tmp_path,
+):
+    q = DurableQueue(tmp_path, "q", sync_interval=3600)
+    q.append([("a", line(0))])
+    q.sync()
+    [segment] = segment_files(tmp_path)
+    flushed = segment.read_bytes()
+    for i in range(1, 30):
+        q.append([("a", line(i))])
+    q.remove(q.peek(1, 1 << 20))
+    assert segment.read_bytes() == flushed  # nothing touched the card's pages
+    assert stage_file(tmp_path).stat().st_size > 0
+    q.sync()
+    assert stage_file(tmp_path).stat().st_size == 0
+    assert on_disk(tmp_path)[-29:] == [line(i) for i in range(1, 30)]
+    assert [ln for _, ln in drain(q)] == [line(i) for i in range(1, 30)]
+    q.close()
+    assert not stage_file(tmp_path).exists()  # a clean stop leaves nothing in RAM
+
+
+def test_a_power_cut_costs_only_what_was_staged_since_the_last_flush(tmp_path):
+    crash_after(
+        tmp_path,
+        'q.append([("a", line(i)) for i in range(5)])\nq.sync()\n'
+        'q.append([("a", line(i)) for i in range(5, 8)])',
+    )
+    stage_file(tmp_path).unlink()  # the power goes: RAM is empty at the next boot
+    q = DurableQueue(tmp_path, "q")
+    assert [ln for _, ln in drain(q)] == [line(i) for i in range(5)]
+    q.close()
+
+
+def test_a_flush_cut_off_by_a_crash_is_redone_from_the_stage_without_doubles(tmp_path):
+    crash_after(
+        tmp_path,
+        'q.append([("a", line(i)) for i in range(3)])\nq.sync()\n'
+        'q.append([("a", line(i)) for i in range(3, 9)])',
+    )
+    [segment] = segment_files(tmp_path)
+    staged = stage_file(tmp_path).read_bytes().partition(b"\n")[2]
+    with segment.open("ab") as card:  # the copy had begun when the crash came
+        card.write(staged[: len(staged) // 2])
+    q = DurableQueue(tmp_path, "q")
+    assert [ln for _, ln in drain(q)] == [line(i) for i in range(9)]
+    assert q.stats().dropped == 0
+    q.close()
+
+
+def test_when_ram_refuses_the_frames_go_to_the_card_in_order(tmp_path, monkeypatch):
+    q = DurableQueue(tmp_path, "q", sync_interval=3600)
+    q.append([("a", line(0))])
+    real_write = os.write
+    stage_fd = q._stage._fd
+
+    def ram_full(fd, data):
+        if fd == stage_fd:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(buffer.os, "write", ram_full)
+    q.append([("a", line(1))])
+    monkeypatch.setattr(buffer.os, "write", real_write)
+    assert [p.read_bytes().count(b"\n") > 0 for p in segment_files(tmp_path)] == [True]
+    q.append([("a", line(2))])  # RAM takes frames again
+    assert on_disk(tmp_path) == [line(i) for i in range(3)]
+    assert [ln for _, ln in drain(q)] == [line(i) for i in range(3)]
+    q.close()
+
+
+def test_an_offline_status_after_kill_9_counts_the_points_still_in_ram(tmp_path):
+    crash_after(tmp_path, 'q.append([("a", line(i)) for i in range(3)])\nq.sync()\n'
+                'q.append([("a", line(i)) for i in range(3, 7)])')  # fmt: skip
+    offline = read_stats(tmp_path, "q")
+    assert offline.queued == 7
+    q = DurableQueue(tmp_path, "q")
+    assert offline.queued_bytes == q.stats().queued_bytes
+    q.close()
+
+
+def test_a_stage_an_earlier_start_did_not_see_is_queued_again_and_overwrites_nothing(tmp_path):
+    crash_after(tmp_path, 'q.append([("a", line(i)) for i in range(3)])\nq.sync()\n'
+                'q.append([("a", line(i)) for i in range(3, 6)])')  # fmt: skip
+    hidden = stage_file(tmp_path).with_name("hidden.stage")
+    stage_file(tmp_path).rename(hidden)  # a start that looked in another RAM directory
+    q = DurableQueue(tmp_path, "q")
+    q.append([("a", line(i)) for i in range(100, 103)])
+    q.sync()
+    q.close()
+    hidden.rename(stage_file(tmp_path))
+    q = DurableQueue(tmp_path, "q")
+    got = [ln for _, ln in drain(q)]
+    assert sorted(got) == sorted(line(i) for i in [*range(6), *range(100, 103)])
+    assert q.stats().dropped == 0
+    q.close()
+
+
+def test_a_card_that_refuses_what_ram_kept_does_not_stop_the_queue_opening(tmp_path, monkeypatch):
+    crash_after(tmp_path, 'q.append([("a", line(i)) for i in range(3)])\nq.sync()\n'
+                'q.append([("a", line(i)) for i in range(3, 6)])')  # fmt: skip
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(buffer.os, "pwrite", full)
+    q = DurableQueue(tmp_path, "q")  # opens: the points kept in RAM are queued again
+    monkeypatch.undo()
+    assert [ln for _, ln in drain(q)] == [line(i) for i in range(6)]
+    q.close()
+
+
+def test_a_failed_flush_still_records_the_head_so_a_restart_resends_nothing_delivered(
+    tmp_path, monkeypatch
+):
+    q = DurableQueue(tmp_path, "q", sync_interval=3600)
+    q.append([("a", line(i)) for i in range(6)])
+    q.sync()
+    q.remove(q.peek(3, 1 << 20))
+    real_write = os.write
+    card = q._fd
+
+    def card_full(fd, data):
+        if fd == card:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    q.append([("a", line(6))])
+    monkeypatch.setattr(buffer.os, "write", card_full)
+    with pytest.raises(OSError, match="No space left"):
+        q.sync()
+    q.close()  # the flush fails again; line 6 stays in RAM
+    monkeypatch.undo()
+    q = DurableQueue(tmp_path, "q")
+    assert [ln for _, ln in drain(q)] == [line(i) for i in range(3, 7)]
     q.close()

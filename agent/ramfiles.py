@@ -1,0 +1,36 @@
+"""Files that live in RAM: they survive the process (``kill -9``) but cost the SD card nothing.
+
+``$RUNTIME_DIRECTORY`` (systemd sets it: ``/run/sensorkit``, kept across restarts by
+RuntimeDirectoryPreserve), else ``/run/sensorkit``, else ``/dev/shm``. A reboot or a power cut
+empties them, so only what may be lost then goes here: the status snapshot, the window being
+averaged, the queue's newest frames until a flush. Files are named for the ``state_dir`` they
+belong to, so two agents on one machine keep apart.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+
+def ram_dirs() -> list[Path]:
+    """Where RAM files may go, in order of preference."""
+    given = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return [Path(d) for d in (given, "/run/sensorkit", "/dev/shm") if d]
+
+
+def ram_path(state_dir: Path, name: str) -> Path | None:
+    """The RAM file ``name`` of the agent with this ``state_dir``; None where no RAM-backed
+    directory is writable."""
+    # crc32, not hashlib: hashlib loads OpenSSL (3.7 MB of RSS on a Pi that never needs it)
+    digest = f"{zlib.crc32(str(Path(state_dir).resolve()).encode()):08x}"
+    for directory in ram_dirs():
+        if directory.is_dir() and os.access(directory, os.W_OK):
+            return directory / f"sensorkit-{digest}-{name}"
+    return None
+
+
+def runtime_path(state_dir: Path, name: str) -> Path:
+    """:func:`ram_path`, or ``state_dir / name`` where there is no RAM-backed directory."""
+    return ram_path(state_dir, name) or Path(state_dir) / name
