@@ -359,7 +359,11 @@ class DurableQueue:
             if k not in item.bad and line
         ]
         if items:
-            self.append(items)
+            try:
+                self.append(items)
+            except OSError as err:  # kept in RAM: the next start tries again
+                log.error("queue %s: points left in RAM by an earlier run: %s", self.name, err)
+                return
             log.warning(
                 "queue %s: %d points left in RAM by an earlier run queued again",
                 self.name,
