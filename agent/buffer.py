@@ -821,7 +821,7 @@ class DurableQueue:
             try:  # the card first: a stage emptied before a failed cut would not match it
                 if self._durable:
                     os.ftruncate(self._fd, 0)
-                    self._durable = 0
+                    self._durable = 0  # so even when emptying the stage fails below
                 if self._stage is not None:
                     self._stage.clear()
             except OSError as err:

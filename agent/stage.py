@@ -29,33 +29,28 @@ class Stage:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-        self.number = 0
-        self.offset = 0
         self.size = 0  # bytes staged, after the header line
         self._header = 0
 
     def leftover(self) -> tuple[int, int, bytes] | None:
-        """``(segment number, offset, bytes)`` a crash left staged; None when empty.
-        A header that does not read (no number, no offset) gives offset -1: append at the end."""
-        data = _pread_all(self._fd)
+        """``(segment number, offset, bytes)`` a crash left staged; None when empty. A first
+        line that does not read gives number and offset -1 (the queue then queues the
+        frames again)."""
+        data = self.path.read_bytes()
         if not data:
             return None
         self._header = len(data)  # something to clear, though nothing is staged by this run
-        line, _, rest = data.partition(b"\n")
-        words = line.split()
-        if len(words) == 3 and words[0] == b"#stage" and words[1].isdigit() and words[2].isdigit():
-            return int(words[1]), int(words[2]), rest
-        log.warning(
-            "%s: the stage's first line is not readable; its frames go to the end", self.path
-        )
-        return -1, -1, data if not data.startswith(b"#stage") else rest
+        number, offset, frames = _parse(data)
+        if number < 0:
+            log.warning("%s: the stage's first line is not readable", self.path)
+        return number, offset, frames
 
     def append(self, number: int, offset: int, blob: bytes) -> None:
         """Stage ``blob``; the first blob after :meth:`clear` says where the stage belongs."""
         if self.size == 0:
             header = f"#stage {number} {offset}\n".encode()
             _write_all(self._fd, header + blob, self._undo)
-            self.number, self.offset, self._header = number, offset, len(header)
+            self._header = len(header)
         else:
             _write_all(self._fd, blob, self._undo)
         self.size += len(blob)
@@ -104,9 +99,14 @@ def _write_all(fd: int, blob: bytes, undo) -> None:
         raise
 
 
-def _pread_all(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    return os.pread(fd, size, 0) if size else b""
+def _parse(data: bytes) -> tuple[int, int, bytes]:
+    """(segment number, offset, frame bytes) of a stage file's content; -1, -1 when its
+    first line is not ``#stage <number> <offset>``."""
+    line, _, rest = data.partition(b"\n")
+    words = line.split()
+    if len(words) == 3 and words[0] == b"#stage" and words[1].isdigit() and words[2].isdigit():
+        return int(words[1]), int(words[2]), rest
+    return -1, -1, rest if data.startswith(b"#stage") else data
 
 
 def staged_frames(path: Path | None) -> bytes:
@@ -115,4 +115,4 @@ def staged_frames(path: Path | None) -> bytes:
         data = path.read_bytes() if path is not None else b""
     except OSError:
         return b""
-    return data.partition(b"\n")[2] if data.startswith(b"#stage ") else data
+    return _parse(data)[2]
