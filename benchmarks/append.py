@@ -13,6 +13,12 @@
       the window log and the status snapshot (these two live in RAM, /dev/shm or /run, so
       they cost nothing; their size is shown apart). The kernel charges a page (4 KiB) when it
       is dirtied and credits it back when it is truncated before writeback.
+    - file-system metadata: on an ext4 without a journal the agent's own thread also dirties
+      the inode-table and bitmap blocks that its appends change (``i_size``, ``mtime``, a new
+      block), and is charged for them; with a journal, jbd2 writes them. Where tracefs is
+      there (root), the ``writeback_dirty_folio`` trace event tells them apart
+      (``_dirtied.py``): they are shown apart from the bytes of the agent's files, and the
+      pages of each file are listed.
     - fdatasyncs: counted with ``strace -f -e trace=fsync,fdatasync`` (all threads).
     - floor: what any store-and-forward queue must write: with the server down, every byte of
       line protocol plus one page per flush that carries new points; with it up, nothing
@@ -38,6 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, SENSORS, InfluxServer, data_lines, emit, tmpdir, write_ini  # noqa: E402
+from _dirtied import Dirtied, device_inode, journal, metadata_pages, pages_by_file  # noqa: E402
 
 from agent.buffer import COUNTERS_EVERY, DurableQueue  # noqa: E402
 from agent.config import load  # noqa: E402
@@ -186,19 +193,35 @@ def line_bytes(console: Path, start: float, stop: float) -> int:
     return total
 
 
-def finish(run: dict) -> dict:
+def finish(run: dict, dirtied: list | None, device: int) -> dict:
+    """The run's figures; ``dirtied`` (the trace's pages, None without one) takes the file
+    system's own metadata out of the bytes charged to the agent."""
     status, usage = run["status"], run["usage"]
     # ru_oublock counts every page dirtied, also those truncated before writeback (a segment
     # cut to nothing once delivered); /proc/PID/io credits those back: take the credit the
     # last sample saw (what is cancelled during the stop itself is still counted).
-    whole = max(0, usage.ru_oublock * 512 - run["last"]["cancelled_write_bytes"])
+    whole_io = max(0, usage.ru_oublock * 512 - run["last"]["cancelled_write_bytes"])
     steady_s = run["last_t"] - run["first_t"]
-    steady = net(run["last"]) - net(run["first"])
+    steady_io = net(run["last"]) - net(run["first"])
+    if dirtied is None:
+        meta_steady = meta_whole = 0
+    else:
+        pids = {run["proc"].pid, run["pid"]}
+        meta_steady = PAGE * metadata_pages(dirtied, pids, device, run["first_t"], run["last_t"])
+        meta_whole = PAGE * metadata_pages(dirtied, pids, device, 0.0, float("inf"))
+    steady, whole = steady_io - meta_steady, whole_io - meta_whole
+    files = (
+        pages_by_file(dirtied, pids, run["work"], run["first_t"], run["last_t"])
+        if dirtied is not None
+        else {}
+    )
     lines = line_bytes(run["console"], run["first_wall"], run["last_wall"])
     syncs = fdatasyncs(run["trace"], run["first_wall"], run["last_wall"])
     snapshot = snapshot_path(run["work"] / "state")
     per_day = steady / steady_s * DAY
     once = max(0, whole - steady)  # start-up and stop: once a day at most
+    meta_per_day = meta_steady / steady_s * DAY + max(0, meta_whole - meta_steady)
+    io_per_day = steady_io / steady_s * DAY + max(0, whole_io - steady_io)
     # Deliveries change the counters, written once an hour: a shorter run does not see it.
     counters = (DAY / COUNTERS_EVERY) * PAGE if run["up"] and steady_s < COUNTERS_EVERY else 0
     floor = 0.0 if run["up"] else (lines + syncs * PAGE) / steady_s * DAY
@@ -211,6 +234,9 @@ def finish(run: dict) -> dict:
         "line_bytes": lines,
         "fdatasyncs": syncs,
         "bytes_per_day": per_day + once + counters,
+        "metadata_per_day": meta_per_day if dirtied is not None else None,
+        "io_per_day": io_per_day + counters,
+        "pages_by_file": files,
         "floor_per_day": floor,
         "counters_per_day": counters,
         "snapshot_bytes": snapshot.stat().st_size if snapshot.exists() else 0,
@@ -222,6 +248,10 @@ def finish(run: dict) -> dict:
     run["log"].unlink(missing_ok=True)
     shutil.rmtree(run["work"], ignore_errors=True)
     return result
+
+
+def rounded(value: float | None) -> int | None:
+    return None if value is None else round(value)
 
 
 def main() -> int:
@@ -245,17 +275,40 @@ def main() -> int:
     )
     from influxd import free_port
 
+    base = tmpdir("sensorkit-append-fs-")
+    device, journaled = device_inode(base), journal(base)
+    base.rmdir()
+    try:
+        tracer: Dirtied | None = Dirtied(f"sensorkit-append-{os.getpid()}")
+    except OSError as err:
+        tracer = None
+        print(
+            f"  no trace of dirtied pages ({err}; needs root and tracefs): the figures include"
+            " what the file system's own metadata costs where it is charged to the agent"
+        )
+    print(
+        "  temp dirs on "
+        + {True: "ext4 with a journal (its metadata is written by jbd2, not charged to the"
+           " agent)", False: "ext4 without a journal (the agent's own thread writes the inode"
+           " and bitmap blocks its appends change: shown apart)", None: "a file system that is"
+           " not ext4"}[journaled]
+    )  # fmt: skip
     server = InfluxServer().start()
     try:
+        if tracer is not None:  # and every process started from now on (the agents, straces)
+            tracer.follow(os.getpid())
         runs = []
         for interval, label in paces:
             runs.append(start(f"{label}-up", server.url, interval, args.seconds, strace))
             down = f"http://127.0.0.1:{free_port()}"
             runs.append(start(f"{label}-down", down, interval, args.seconds, strace))
         sample_until_exit(runs, args.seconds)
-        results = [finish(run) for run in runs]
+        dirtied = tracer.pages() if tracer is not None else None
+        results = [finish(run, dirtied, device) for run in runs]
     finally:
         server.cleanup()
+        if tracer is not None:
+            tracer.close()
 
     for r in results:
         if r["exit"] != 0:
@@ -273,6 +326,17 @@ def main() -> int:
                 f"  {'':12s} floor {r['floor_per_day'] / 1e6:.3f} MB/day ({r['line_bytes']:,} B of "
                 f"line protocol + a page per flush): ratio {ratio:.2f}"
             )
+        if r["metadata_per_day"] is not None:
+            print(
+                f"  {'':12s} file-system metadata charged to the agent (apart): "
+                f"{r['metadata_per_day'] / 1e6:.3f} MB/day; /proc/PID/io in all "
+                f"{r['io_per_day'] / 1e6:.3f} MB/day"
+            )
+            if r["pages_by_file"]:
+                print(
+                    f"  {'':12s} pages dirtied in the steady part, by file: "
+                    + ", ".join(f"{k} {v}" for k, v in sorted(r["pages_by_file"].items()))
+                )
         print(
             f"  {'':12s} status snapshot in RAM: {r['snapshot_bytes']} B, every 5 s (not the card);"
             f" log {r['log_per_day'] / 1e3:,.0f} kB/day (to journald)"
@@ -299,6 +363,9 @@ def main() -> int:
             "bytes_per_day_down_1s": round(one["down"]["bytes_per_day"]) if one else None,
             "floor_per_day_down_1s": round(one["down"]["floor_per_day"]) if one else None,
             "fsyncs_per_min_down": round(down["fdatasyncs"] / (args.seconds / 60), 2),
+            "metadata_per_day_down": rounded(down["metadata_per_day"]),
+            "io_per_day_down": round(down["io_per_day"]),
+            "journal": journaled,
             "shipped_interval": shipped,
             "seconds": args.seconds,
         }
