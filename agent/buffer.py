@@ -45,7 +45,7 @@ from agent.counters import Counters
 from agent.errors import SensorkitError
 from agent.intervals import Intervals
 from agent.quarantine import QuarantinedPoint, QuarantineStore
-from agent.ramfiles import ram_path
+from agent.ramfiles import ram_candidates, ram_path
 from agent.recovery import (
     DROP_REASONS,
     QueueStats,
@@ -343,10 +343,21 @@ class DurableQueue:
 
     def _requeue(self) -> None:
         """Queue again the points of a stage that did not fit where it came from (see
-        :meth:`_open_stage`), then forget it."""
+        :meth:`_open_stage`), and of stages an earlier run left in another RAM directory (it
+        could write where this one cannot, or the other way round); then forget them."""
         if self._stage is None:
             return
-        old = self._requeue_path(self._stage.path)
+        here = self._stage.path
+        for path in ram_candidates(self.directory, f"{self.name}.stage"):
+            if path == here or not os.access(path.parent, os.W_OK):
+                continue  # one this run cannot remove would be queued again at every start
+            for left in (path, self._requeue_path(path)):
+                if left.exists():
+                    self._requeue_from(left)
+        self._requeue_from(self._requeue_path(here))
+
+    def _requeue_from(self, old: Path) -> None:
+        """Queue again the points of the stage file ``old``, then remove it."""
         try:
             data = staged_frames(old) if old.exists() else b""
         except OSError:
@@ -365,11 +376,15 @@ class DurableQueue:
                 log.error("queue %s: points left in RAM by an earlier run: %s", self.name, err)
                 return
             log.warning(
-                "queue %s: %d points left in RAM by an earlier run queued again",
+                "queue %s: %d points left in RAM by an earlier run (%s) queued again",
                 self.name,
                 len(items),
+                old,
             )
-        old.unlink(missing_ok=True)
+        try:
+            old.unlink(missing_ok=True)
+        except OSError as err:  # queued now: the next start would queue them once more
+            log.warning("queue %s: cannot remove %s: %s", self.name, old, err)
 
     # -- appending ------------------------------------------------------------------------
 
@@ -965,8 +980,20 @@ class DurableQueue:
             if self._oldest is None and self._count:
                 self._oldest = self._queued_at(self._head_pos)
             return make_stats(
-                self.counters.values(), self._count, self._bytes(), self._oldest, self.store.count()
+                self.counters.values(),
+                self._count,
+                self._bytes(),
+                self._oldest,
+                self.store.count(),
+                self._in_ram(),
             )
+
+    def _in_ram(self) -> int:
+        """Points only in the RAM stage because the card refused the last flush."""
+        if not self._card_refused or self._stage is None or not self._stage.size:
+            return 0
+        data = self._stage.everything()
+        return sum(item.count for item in segments.walk(data) if isinstance(item, Frame))
 
     def queued_bytes(self) -> int:
         """Bytes on disk from the head on: what the cap counts."""

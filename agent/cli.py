@@ -318,11 +318,19 @@ def _report(settings, outputs, finals, before, files, stalled: str) -> bool:
         print(line, file=sys.stderr)
         if queue.queued:
             print(
-                f"{output.name}: {queue.queued} points are still queued safely in "
+                f"{output.name}: {queue.queued} points are still queued"
+                f"{'' if queue.in_ram else ' safely'} in "
                 f"{settings.kit.state_dir}; run `sensorkit publish` again to deliver them"
                 + ("" if stats.last_error else " (the server was still taking them)"),
                 file=sys.stderr,
             )
+            if queue.in_ram:
+                print(
+                    f"{output.name}: {queue.in_ram} of them are only in RAM: the disk refused "
+                    f"them ({settings.kit.state_dir} full?); they are lost at a reboot: free "
+                    "some space and run `sensorkit publish` again before that",
+                    file=sys.stderr,
+                )
             ok = False
     if stalled:
         for item in files:

@@ -20,17 +20,33 @@ def ram_dirs() -> list[Path]:
     return [Path(d) for d in (given, "/run/sensorkit", "/dev/shm") if d]
 
 
-def ram_path(state_dir: Path, name: str) -> Path | None:
-    """The RAM file ``name`` of the agent with this ``state_dir``; None where no RAM-backed
-    directory is writable."""
+def ram_candidates(state_dir: Path, name: str) -> list[Path]:
+    """Every place the RAM file ``name`` of the agent with this ``state_dir`` may be."""
     # crc32, not hashlib: hashlib loads OpenSSL (3.7 MB of RSS on a Pi that never needs it)
     digest = f"{zlib.crc32(str(Path(state_dir).resolve()).encode()):08x}"
-    for directory in ram_dirs():
-        if directory.is_dir() and os.access(directory, os.W_OK):
-            return directory / f"sensorkit-{digest}-{name}"
+    return [directory / f"sensorkit-{digest}-{name}" for directory in ram_dirs()]
+
+
+def ram_path(state_dir: Path, name: str) -> Path | None:
+    """Where the agent with this ``state_dir`` writes its RAM file ``name``: the first
+    writable RAM-backed directory; None where there is none."""
+    for path in ram_candidates(state_dir, name):
+        if path.parent.is_dir() and os.access(path.parent, os.W_OK):
+            return path
     return None
 
 
 def runtime_path(state_dir: Path, name: str) -> Path:
     """:func:`ram_path`, or ``state_dir / name`` where there is no RAM-backed directory."""
     return ram_path(state_dir, name) or Path(state_dir) / name
+
+
+def existing_path(state_dir: Path, name: str) -> Path:
+    """Where a reader finds the file ``name`` of the agent with this ``state_dir``: the first
+    that exists of the RAM candidates and ``state_dir / name``. A user who runs ``status``
+    cannot always write where the service does (``/run/sensorkit``), so the reader does not
+    go by what it could write itself; where none exists, :func:`runtime_path`."""
+    for path in [*ram_candidates(state_dir, name), Path(state_dir) / name]:
+        if path.exists():
+            return path
+    return runtime_path(state_dir, name)

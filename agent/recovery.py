@@ -22,7 +22,7 @@ from agent import segments
 from agent.counters import read_counters
 from agent.intervals import Intervals
 from agent.quarantine import count_quarantined, held_from, legacy_counters, settled_from
-from agent.ramfiles import ram_path
+from agent.ramfiles import existing_path
 from agent.segments import Damage, Frame, Trailer
 from agent.stage import staged_frames
 
@@ -48,10 +48,16 @@ class QueueStats:
     dropped_by: dict[str, int] = field(default_factory=dict)  # reason -> points
     delivered: int = 0
     last_delivery: float | None = None
+    in_ram: int = 0  # of ``queued``: only in RAM (the card refused them, or a crash left them)
 
 
 def make_stats(
-    counters: dict, queued: int, size: int, oldest: float | None, quarantined: int
+    counters: dict,
+    queued: int,
+    size: int,
+    oldest: float | None,
+    quarantined: int,
+    in_ram: int = 0,
 ) -> QueueStats:
     """The one way queue statistics are put together, live or from disk."""
     by = {r: int(counters.get(f"dropped_{r}", 0)) for r in DROP_REASONS}  # type: ignore[call-overload]
@@ -64,6 +70,7 @@ def make_stats(
         dropped_by={r: n for r, n in by.items() if n},
         delivered=int(counters.get("delivered", 0)),  # type: ignore[call-overload]
         last_delivery=counters.get("last_delivery"),  # type: ignore[arg-type]
+        in_ram=min(in_ram, queued),
     )
 
 
@@ -534,12 +541,15 @@ def read_stats(directory: str | os.PathLike[str], name: str) -> QueueStats | Non
         ahead = [s for s in found.segments if s.number >= number]
         size = sum(s.size for s in ahead) - offset - skip
     # frames a kill -9 left in the RAM stage (agent/stage.py): the next start writes them out
-    staged = staged_frames(ram_path(directory, f"{name}.stage"))
+    staged = staged_frames(existing_path(directory, f"{name}.stage"))
+    in_ram = 0
     for item in segments.walk(staged):
         if isinstance(item, Frame) and item.seq >= found.next_seq:
             count, size = max(0, count) + item.count, max(0, size) + item.stop - item.offset
             oldest = float(item.queued) if oldest is None else oldest
-    return make_stats(counters, max(0, count), size, oldest, count_quarantined(sqlite_path))
+            in_ram += item.count
+    quarantined = count_quarantined(sqlite_path)
+    return make_stats(counters, max(0, count), size, oldest, quarantined, in_ram)
 
 
 def legacy_stats(sqlite_path: Path) -> dict[str, object]:

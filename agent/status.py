@@ -17,7 +17,7 @@ from pathlib import Path
 from agent.cursor import Cursor
 from agent.cursor import load_all as load_cursors
 from agent.delivery import offline_stats
-from agent.ramfiles import runtime_path
+from agent.ramfiles import existing_path, runtime_path
 from agent.recovery import DROP_REASONS
 
 STALE_AFTER = 30.0
@@ -46,7 +46,7 @@ def write_snapshot(path: Path, status: dict[str, object]) -> None:
 
 def collect(state_dir: Path) -> dict[str, object]:
     """The status of the agent using ``state_dir``: live if it runs, else from disk."""
-    path = snapshot_path(state_dir)
+    path = existing_path(state_dir, "status.json")
     try:
         live = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -134,6 +134,11 @@ def format_status(status: dict) -> str:
             lines.append(f"  dropped         {out.get('dropped', 0)}")
             for reason, count in sorted((out.get("dropped_by") or {}).items()):
                 lines.append(f"    {count} {DROP_REASONS.get(reason, reason)}")
+            if out.get("in_ram"):
+                lines.append(
+                    f"  in RAM only     {out['in_ram']} of them (not yet on the card, which "
+                    "refused them: a reboot loses them; free some space)"
+                )
             if out.get("lost"):
                 lines.append(f"  lost (disk)     {out['lost']} (the disk refused to queue them)")
             for db, why in sorted((out.get("held") or {}).items()):

@@ -476,6 +476,9 @@ def test_publish_on_a_full_disk_says_so_once_and_status_still_works(tiny_disk, t
     assert done.returncode in (1, 2), done.stderr
     assert "Traceback" not in done.stderr
     assert "No space left" in done.stderr or "LOST" in done.stderr, done.stderr
+    # what the card refused is kept in RAM: publish says so and does not call it safe
+    assert "queued safely" not in done.stderr, done.stderr
+    assert "only in RAM" in done.stderr or "LOST" in done.stderr, done.stderr
     assert not any(p.stat().st_size == 0 for p in tiny_disk.glob("*.sqlite3"))
     status = sensorkit("status", "-c", str(config))
     assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import buffer, segments
+from agent import buffer, ramfiles, segments
 from agent.buffer import (
     DurableQueue,
     QueueBusy,
@@ -25,6 +25,7 @@ from agent.buffer import (
     release_quarantined,
 )
 from agent.ramfiles import ram_path
+from agent.status import format_status
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -800,7 +801,6 @@ def test_damage_in_the_frame_at_the_head_of_a_sealed_segment_is_read_and_counted
     q.close()
 
 
-
 def test_damage_to_the_oldest_frame_after_quarantined_points_left_is_counted(tmp_path):
     # The head on disk was older than points settled through the quarantine since (their
     # segments deleted): start-up measured the damaged frame's points from that old head,
@@ -931,6 +931,24 @@ def test_a_stage_an_earlier_start_did_not_see_is_queued_again_and_overwrites_not
     q.close()
 
 
+def test_a_stage_left_in_another_ram_directory_is_queued_again_and_removed(tmp_path, monkeypatch):
+    before, now = tmp_path / "shm", tmp_path / "run"
+    before.mkdir()
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(before))  # the crashed run wrote to the first
+    crash_after(state, 'q.append([("a", line(i)) for i in range(3)])\nq.sync()\n'
+                'q.append([("a", line(i)) for i in range(3, 6)])')  # fmt: skip
+    [left] = before.iterdir()
+    now.mkdir()  # this start prefers a directory that was not there then
+    monkeypatch.setattr(ramfiles, "ram_dirs", lambda: [now, before])
+    q = DurableQueue(state, "q")
+    assert stage_file(state).parent == now
+    assert [ln for _, ln in drain(q)] == [line(i) for i in range(6)]
+    assert not left.exists()
+    q.close()
+
+
 def test_a_card_that_refuses_what_ram_kept_does_not_stop_the_queue_opening(tmp_path, monkeypatch):
     crash_after(tmp_path, 'q.append([("a", line(i)) for i in range(3)])\nq.sync()\n'
                 'q.append([("a", line(i)) for i in range(3, 6)])')  # fmt: skip
@@ -943,6 +961,39 @@ def test_a_card_that_refuses_what_ram_kept_does_not_stop_the_queue_opening(tmp_p
     monkeypatch.undo()
     assert [ln for _, ln in drain(q)] == [line(i) for i in range(6)]
     q.close()
+
+
+def test_points_the_card_refused_to_take_from_ram_are_counted_as_only_in_ram(tmp_path, monkeypatch):
+    q = DurableQueue(tmp_path, "q", sync_interval=3600)
+    q.append([("a", line(i)) for i in range(2)])
+    q.sync()
+    real_write = os.write
+    card = q._fd
+
+    def card_full(fd, data):
+        if fd == card:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    q.append([("a", line(i)) for i in range(2, 5)])
+    assert q.stats().in_ram == 0  # staged, but nothing has refused them yet
+    monkeypatch.setattr(buffer.os, "write", card_full)
+    with pytest.raises(OSError, match="No space left"):
+        q.sync()
+    assert (q.stats().queued, q.stats().in_ram) == (5, 3)
+    monkeypatch.undo()
+    q.sync()  # room again
+    assert q.stats().in_ram == 0
+    q.close()
+
+
+def test_an_offline_status_counts_what_a_crash_left_staged_as_only_in_ram(tmp_path):
+    crash_after(tmp_path, 'q.append([("a", line(i)) for i in range(4)])\nq.sync()\n'
+                'q.append([("a", line(i)) for i in range(4, 7)])')  # fmt: skip
+    stats = read_stats(tmp_path, "q")
+    assert stats is not None and (stats.queued, stats.in_ram) == (7, 3)
+    text = format_status({"outputs": {"influx": {"kind": "queued", **dataclasses.asdict(stats)}}})
+    assert "in RAM only     3 of them" in text
 
 
 def test_a_failed_flush_still_records_the_head_so_a_restart_resends_nothing_delivered(
