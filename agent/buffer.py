@@ -60,7 +60,7 @@ from agent.recovery import (
     survey,
 )
 from agent.segments import Damage, Frame, Trailer
-from agent.stage import Stage, staged_frames
+from agent.stage import Stage, set_aside_stages, staged_frames
 
 log = logging.getLogger("sensorkit.buffer")
 
@@ -283,8 +283,9 @@ class DurableQueue:
 
         What a crash left staged goes back where it belongs when it fits there exactly (the
         newest segment, unchanged up to its offset). Anything else (a stage an earlier start
-        did not see, a card that refuses the bytes) is set aside as ``.stage.old`` and its
-        points queued again once the queue is open: re-sent perhaps, never lost.
+        did not see, a card that refuses the bytes) is set aside as ``.stage.old`` (``.old.1``
+        ... while an earlier one is still there) and its points queued again once the queue
+        is open: re-sent perhaps, never lost.
         """
         path = ram_path(self.directory, f"{self.name}.stage")
         if path is None:
@@ -311,7 +312,13 @@ class DurableQueue:
 
     @staticmethod
     def _requeue_path(stage: Path) -> Path:
-        return stage.with_name(stage.name + ".old")
+        """A free name to set ``stage`` aside under: one set aside before whose points could
+        not be queued yet (a full card) must not be overwritten."""
+        path, n = stage.with_name(stage.name + ".old"), 0
+        while path.exists():
+            n += 1
+            path = stage.with_name(f"{stage.name}.old.{n}")
+        return path
 
     def _restore(self, number: int, offset: int, data: bytes) -> bool:
         """Write frames a crash left staged at ``offset`` of segment ``number``, if that is
@@ -351,10 +358,11 @@ class DurableQueue:
         for path in ram_candidates(self.directory, f"{self.name}.stage"):
             if path == here or not os.access(path.parent, os.W_OK):
                 continue  # one this run cannot remove would be queued again at every start
-            for left in (path, self._requeue_path(path)):
+            for left in [path, *set_aside_stages(path)]:
                 if left.exists():
                     self._requeue_from(left)
-        self._requeue_from(self._requeue_path(here))
+        for left in set_aside_stages(here):
+            self._requeue_from(left)
 
     def _requeue_from(self, old: Path) -> None:
         """Queue again the points of the stage file ``old``, then remove it."""

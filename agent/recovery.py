@@ -24,7 +24,7 @@ from agent.intervals import Intervals
 from agent.quarantine import count_quarantined, held_from, legacy_counters, settled_from
 from agent.ramfiles import existing_path
 from agent.segments import Damage, Frame, Trailer
-from agent.stage import staged_frames
+from agent.stage import set_aside_stages, staged_frames
 
 log = logging.getLogger("sensorkit.buffer")
 
@@ -541,13 +541,18 @@ def read_stats(directory: str | os.PathLike[str], name: str) -> QueueStats | Non
         ahead = [s for s in found.segments if s.number >= number]
         size = sum(s.size for s in ahead) - offset - skip
     # frames a kill -9 left in the RAM stage (agent/stage.py): the next start writes them out
-    staged = staged_frames(existing_path(directory, f"{name}.stage"))
+    stage = existing_path(directory, f"{name}.stage")
     in_ram = 0
-    for item in segments.walk(staged):
+    for item in segments.walk(staged_frames(stage)):
         if isinstance(item, Frame) and item.seq >= found.next_seq:
             count, size = max(0, count) + item.count, max(0, size) + item.stop - item.offset
             oldest = float(item.queued) if oldest is None else oldest
             in_ram += item.count
+    for old in set_aside_stages(stage):  # queued again at the next start, as new points
+        for item in segments.walk(staged_frames(old)):
+            if isinstance(item, Frame):
+                count, size = max(0, count) + item.count, max(0, size) + item.stop - item.offset
+                in_ram += item.count
     quarantined = count_quarantined(sqlite_path)
     return make_stats(counters, max(0, count), size, oldest, quarantined, in_ram)
 

@@ -109,6 +109,17 @@ def _parse(data: bytes) -> tuple[int, int, bytes]:
     return -1, -1, rest if data.startswith(b"#stage") else data
 
 
+def set_aside_stages(stage: Path) -> list[Path]:
+    """The stages set aside from ``stage`` (``.old``, ``.old.1``, ...) to be queued again,
+    oldest first."""
+    found = {}
+    for path in stage.parent.glob(stage.name + ".old*"):
+        number = path.name[len(stage.name) + len(".old") :]
+        if number == "" or (number[:1] == "." and number[1:].isdigit()):
+            found[int(number[1:] or 0)] = path
+    return [found[n] for n in sorted(found)]
+
+
 def staged_frames(path: Path | None) -> bytes:
     """The frame bytes a stage file holds, read only (for an offline ``status``)."""
     try:

@@ -25,6 +25,7 @@ from agent.buffer import (
     release_quarantined,
 )
 from agent.ramfiles import ram_path
+from agent.stage import set_aside_stages
 from agent.status import format_status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -946,6 +947,31 @@ def test_a_stage_left_in_another_ram_directory_is_queued_again_and_removed(tmp_p
     assert stage_file(state).parent == now
     assert [ln for _, ln in drain(q)] == [line(i) for i in range(6)]
     assert not left.exists()
+    q.close()
+
+
+def test_a_stage_set_aside_while_an_earlier_one_waits_overwrites_it_not_and_both_are_queued(
+    tmp_path,
+):
+    crash_after(tmp_path, 'q.append([("a", line(i)) for i in range(3)])\nq.sync()\n'
+                'q.append([("a", line(i)) for i in range(3, 6)])')  # fmt: skip
+    hidden = stage_file(tmp_path).with_name("hidden.stage")
+    stage_file(tmp_path).rename(hidden)  # a start that looked in another RAM directory
+    q = DurableQueue(tmp_path, "q")
+    q.append([("a", line(i)) for i in range(200, 202)])
+    q.close()
+    hidden.rename(stage_file(tmp_path))  # it no longer fits: it will be set aside
+    other = tmp_path / "other"
+    other.mkdir()
+    crash_after(other, 'q.append([("a", line(i)) for i in range(100, 103)])')
+    waiting = stage_file(tmp_path).with_name(stage_file(tmp_path).name + ".old")
+    waiting.write_bytes(stage_file(other).read_bytes())  # set aside, not queued yet (card full)
+    stats = read_stats(tmp_path, "q")
+    assert stats is not None and (stats.queued, stats.in_ram) == (8, 3)
+    q = DurableQueue(tmp_path, "q")
+    got = [ln for _, ln in drain(q)]
+    assert sorted(got) == sorted(line(i) for i in [*range(6), *range(100, 103), 200, 201])
+    assert set_aside_stages(stage_file(tmp_path)) == []
     q.close()
 
 
