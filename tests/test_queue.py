@@ -915,16 +915,21 @@ def test_an_offline_status_after_kill_9_counts_the_points_still_in_ram(tmp_path)
     q.close()
 
 
-def test_a_stage_an_earlier_start_did_not_see_is_queued_again_and_overwrites_nothing(tmp_path):
-    crash_after(tmp_path, 'q.append([("a", line(i)) for i in range(3)])\nq.sync()\n'
+def stage_that_no_longer_fits(directory: Path, fresh: range) -> None:
+    """Points 0-2 on the card and 3-5 staged by a crash; then a start that did not see the
+    stage (it looked in another RAM directory) queues ``fresh``: the stage no longer fits."""
+    crash_after(directory, 'q.append([("a", line(i)) for i in range(3)])\nq.sync()\n'
                 'q.append([("a", line(i)) for i in range(3, 6)])')  # fmt: skip
-    hidden = stage_file(tmp_path).with_name("hidden.stage")
-    stage_file(tmp_path).rename(hidden)  # a start that looked in another RAM directory
-    q = DurableQueue(tmp_path, "q")
-    q.append([("a", line(i)) for i in range(100, 103)])
-    q.sync()
+    hidden = stage_file(directory).with_name("hidden.stage")
+    stage_file(directory).rename(hidden)
+    q = DurableQueue(directory, "q")
+    q.append([("a", line(i)) for i in fresh])
     q.close()
-    hidden.rename(stage_file(tmp_path))
+    hidden.rename(stage_file(directory))
+
+
+def test_a_stage_an_earlier_start_did_not_see_is_queued_again_and_overwrites_nothing(tmp_path):
+    stage_that_no_longer_fits(tmp_path, range(100, 103))
     q = DurableQueue(tmp_path, "q")
     got = [ln for _, ln in drain(q)]
     assert sorted(got) == sorted(line(i) for i in [*range(6), *range(100, 103)])
@@ -953,14 +958,7 @@ def test_a_stage_left_in_another_ram_directory_is_queued_again_and_removed(tmp_p
 def test_a_stage_set_aside_while_an_earlier_one_waits_overwrites_it_not_and_both_are_queued(
     tmp_path,
 ):
-    crash_after(tmp_path, 'q.append([("a", line(i)) for i in range(3)])\nq.sync()\n'
-                'q.append([("a", line(i)) for i in range(3, 6)])')  # fmt: skip
-    hidden = stage_file(tmp_path).with_name("hidden.stage")
-    stage_file(tmp_path).rename(hidden)  # a start that looked in another RAM directory
-    q = DurableQueue(tmp_path, "q")
-    q.append([("a", line(i)) for i in range(200, 202)])
-    q.close()
-    hidden.rename(stage_file(tmp_path))  # it no longer fits: it will be set aside
+    stage_that_no_longer_fits(tmp_path, range(200, 202))
     other = tmp_path / "other"
     other.mkdir()
     crash_after(other, 'q.append([("a", line(i)) for i in range(100, 103)])')
@@ -989,21 +987,25 @@ def test_a_card_that_refuses_what_ram_kept_does_not_stop_the_queue_opening(tmp_p
     q.close()
 
 
-def test_points_the_card_refused_to_take_from_ram_are_counted_as_only_in_ram(tmp_path, monkeypatch):
-    q = DurableQueue(tmp_path, "q", sync_interval=3600)
-    q.append([("a", line(i)) for i in range(2)])
-    q.sync()
+def card_full(card: int):
+    """``os.write`` that refuses the segment ``card`` as a full SD card would."""
     real_write = os.write
-    card = q._fd
 
-    def card_full(fd, data):
+    def write(fd, data):
         if fd == card:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
+    return write
+
+
+def test_points_the_card_refused_to_take_from_ram_are_counted_as_only_in_ram(tmp_path, monkeypatch):
+    q = DurableQueue(tmp_path, "q", sync_interval=3600)
+    q.append([("a", line(i)) for i in range(2)])
+    q.sync()
     q.append([("a", line(i)) for i in range(2, 5)])
     assert q.stats().in_ram == 0  # staged, but nothing has refused them yet
-    monkeypatch.setattr(buffer.os, "write", card_full)
+    monkeypatch.setattr(buffer.os, "write", card_full(q._fd))
     with pytest.raises(OSError, match="No space left"):
         q.sync()
     assert (q.stats().queued, q.stats().in_ram) == (5, 3)
@@ -1029,16 +1031,8 @@ def test_a_failed_flush_still_records_the_head_so_a_restart_resends_nothing_deli
     q.append([("a", line(i)) for i in range(6)])
     q.sync()
     q.remove(q.peek(3, 1 << 20))
-    real_write = os.write
-    card = q._fd
-
-    def card_full(fd, data):
-        if fd == card:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(fd, data)
-
     q.append([("a", line(6))])
-    monkeypatch.setattr(buffer.os, "write", card_full)
+    monkeypatch.setattr(buffer.os, "write", card_full(q._fd))
     with pytest.raises(OSError, match="No space left"):
         q.sync()
     q.close()  # the flush fails again; line 6 stays in RAM
