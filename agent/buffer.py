@@ -60,7 +60,7 @@ from agent.recovery import (
     survey,
 )
 from agent.segments import Damage, Frame, Trailer
-from agent.stage import Stage, set_aside_stages, staged_frames
+from agent.stage import Stage, fits, set_aside_stages, staged_frames
 
 log = logging.getLogger("sensorkit.buffer")
 
@@ -239,6 +239,7 @@ class DurableQueue:
         self._folder.mkdir(exist_ok=True)
         self._head_path = self.directory / f"{self.name}.head"
         self._card_refused = False  # a flush failed (a full card): append to it directly
+        self._aside = 0  # points of stages set aside that could not be queued again
         self._stage = self._open_stage()
         found = survey(self.directory, self.name, repair=True)
         self._segments: list[SegmentInfo] = found.segments
@@ -324,15 +325,12 @@ class DurableQueue:
         """Write frames a crash left staged at ``offset`` of segment ``number``, if that is
         the newest segment and holds, after ``offset``, nothing or a first part of ``data`` (a
         flush cut off); False when the stage does not fit there."""
-        newest = max(self._folder.glob("*.seg"), default=None)
-        path = self._folder / f"{number:016d}.seg"
-        if number < 0 or (newest is not None and newest != path):
+        if not fits(self._folder, number, offset, data):
             return False
+        path = self._folder / f"{number:016d}.seg"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             size = os.fstat(fd).st_size
-            if size < offset or not data.startswith(_pread(fd, size - offset, offset)):
-                return False
             at = offset
             view = memoryview(data)
             try:
@@ -350,13 +348,16 @@ class DurableQueue:
 
     def _requeue(self) -> None:
         """Queue again the points of a stage that did not fit where it came from (see
-        :meth:`_open_stage`), and of stages an earlier run left in another RAM directory (it
-        could write where this one cannot, or the other way round); then forget them."""
+        :meth:`_open_stage`), and of stages an earlier run left in another RAM directory that
+        this run can write too (it was preferred then, or this one was not there); then
+        forget them."""
         if self._stage is None:
             return
         here = self._stage.path
         for path in ram_candidates(self.directory, f"{self.name}.stage"):
-            if path == here or not os.access(path.parent, os.W_OK):
+            if path.parent.resolve() == here.parent.resolve():
+                continue  # the same directory by another name: that is the live stage
+            if not os.access(path.parent, os.W_OK):
                 continue  # one this run cannot remove would be queued again at every start
             for left in [path, *set_aside_stages(path)]:
                 if left.exists():
@@ -382,6 +383,7 @@ class DurableQueue:
                 self.append(items)
             except OSError as err:  # kept in RAM: the next start tries again
                 log.error("queue %s: points left in RAM by an earlier run: %s", self.name, err)
+                self._aside += len(items)  # shown as queued, only in RAM
                 return
             log.warning(
                 "queue %s: %d points left in RAM by an earlier run (%s) queued again",
@@ -400,7 +402,10 @@ class DurableQueue:
         """Queue ``(database, line)`` pairs; when this returns they survive a crash.
 
         A line never holds a line break nor starts with ``#`` (the encoder sees to it).
-        Raises OSError when the disk refuses (full, read-only): nothing of it is queued then.
+        Raises OSError when neither RAM nor the disk takes them (full, read-only): nothing of
+        it is queued then. Points in RAM whose flush the card refused are queued (they are
+        counted as such, ``stats().in_ram``), so with ``sync_interval <= 0`` a failed flush
+        does not raise.
         """
         if not items:
             return
@@ -430,7 +435,12 @@ class DurableQueue:
             self._dirty = True
             self._enforce_cap()
             if self.sync_interval <= 0:
-                self.sync()
+                refused = self._card_refused
+                try:
+                    self.sync()
+                except OSError as err:  # queued, in RAM: counted there (stats().in_ram)
+                    if not refused:
+                        log.error("queue %s: %s", self.name, err)
 
     def _put(self, frames: bytes) -> None:
         """Append frames to the stage in RAM; to the segment where there is none, RAM is
@@ -989,19 +999,23 @@ class DurableQueue:
                 self._oldest = self._queued_at(self._head_pos)
             return make_stats(
                 self.counters.values(),
-                self._count,
+                self._count + self._aside,
                 self._bytes(),
                 self._oldest,
                 self.store.count(),
-                self._in_ram(),
+                self._in_ram() + self._aside,
             )
 
     def _in_ram(self) -> int:
-        """Points only in the RAM stage because the card refused the last flush."""
+        """Undelivered points only in the RAM stage because the card refused the last flush."""
         if not self._card_refused or self._stage is None or not self._stage.size:
             return 0
-        data = self._stage.everything()
-        return sum(item.count for item in segments.walk(data) if isinstance(item, Frame))
+        undelivered = 0
+        for item in segments.walk(self._stage.everything()):
+            if isinstance(item, Frame) and item.seq + item.count > self._head:
+                runs = self._settled.gaps(max(self._head, item.seq), item.seq + item.count)
+                undelivered += sum(b - a for a, b in runs)
+        return undelivered
 
     def queued_bytes(self) -> int:
         """Bytes on disk from the head on: what the cap counts."""

@@ -42,11 +42,17 @@ def runtime_path(state_dir: Path, name: str) -> Path:
 
 
 def existing_path(state_dir: Path, name: str) -> Path:
-    """Where a reader finds the file ``name`` of the agent with this ``state_dir``: the first
-    that exists of the RAM candidates and ``state_dir / name``. A user who runs ``status``
-    cannot always write where the service does (``/run/sensorkit``), so the reader does not
-    go by what it could write itself; where none exists, :func:`runtime_path`."""
+    """Where a reader finds the file ``name`` of the agent with this ``state_dir``: of the RAM
+    candidates and ``state_dir / name``, the one written last (a run killed earlier may have
+    left one elsewhere). A user who runs ``status`` cannot always write where the service
+    does (``/run/sensorkit``), so the reader does not go by what it could write itself;
+    where none exists, :func:`runtime_path`."""
+    found = []
     for path in [*ram_candidates(state_dir, name), Path(state_dir) / name]:
-        if path.exists():
-            return path
+        try:
+            found.append((path.stat().st_mtime_ns, path))
+        except OSError:
+            continue
+    if found:
+        return max(found, key=lambda pair: pair[0])[1]
     return runtime_path(state_dir, name)

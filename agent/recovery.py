@@ -22,9 +22,9 @@ from agent import segments
 from agent.counters import read_counters
 from agent.intervals import Intervals
 from agent.quarantine import count_quarantined, held_from, legacy_counters, settled_from
-from agent.ramfiles import existing_path
+from agent.ramfiles import existing_path, ram_candidates
 from agent.segments import Damage, Frame, Trailer
-from agent.stage import set_aside_stages, staged_frames
+from agent.stage import fits, read_stage, set_aside_stages
 
 log = logging.getLogger("sensorkit.buffer")
 
@@ -540,21 +540,31 @@ def read_stats(directory: str | os.PathLike[str], name: str) -> QueueStats | Non
         number, offset, oldest, skip = head_frame(found.segments, found.head)
         ahead = [s for s in found.segments if s.number >= number]
         size = sum(s.size for s in ahead) - offset - skip
-    # frames a kill -9 left in the RAM stage (agent/stage.py): the next start writes them out
-    stage = existing_path(directory, f"{name}.stage")
+    # What RAM holds (agent/stage.py), looked for in every RAM directory (the reader may not be
+    # the user the agent runs as): the stage a kill -9 left, which the next start writes out
+    # where it fits and queues again where it does not, and stages to be queued again.
+    live = existing_path(directory, f"{name}.stage")
     in_ram = 0
-    for item in segments.walk(staged_frames(stage)):
-        if isinstance(item, Frame) and item.seq >= found.next_seq:
-            count, size = max(0, count) + item.count, max(0, size) + item.stop - item.offset
-            oldest = float(item.queued) if oldest is None else oldest
-            in_ram += item.count
-    for old in set_aside_stages(stage):  # queued again at the next start, as new points
-        for item in segments.walk(staged_frames(old)):
-            if isinstance(item, Frame):
+    for path in _ram_stages(directory, name):
+        number, offset, frames = read_stage(path)
+        again = path != live or not fits(directory / f"{name}.log", number, offset, frames)
+        for item in segments.walk(frames):
+            if isinstance(item, Frame) and (again or item.seq >= found.next_seq):
                 count, size = max(0, count) + item.count, max(0, size) + item.stop - item.offset
+                oldest = float(item.queued) if oldest is None else oldest
                 in_ram += item.count
     quarantined = count_quarantined(sqlite_path)
     return make_stats(counters, max(0, count), size, oldest, quarantined, in_ram)
+
+
+def _ram_stages(directory: Path, name: str) -> list[Path]:
+    """Every stage file of this queue in RAM: staged and set aside, each directory once."""
+    found: dict[Path, Path] = {}
+    for stage in ram_candidates(directory, f"{name}.stage"):
+        for path in [stage, *set_aside_stages(stage)]:
+            if path.exists():
+                found.setdefault(path.resolve(), path)
+    return list(found.values())
 
 
 def legacy_stats(sqlite_path: Path) -> dict[str, object]:

@@ -122,8 +122,34 @@ def set_aside_stages(stage: Path) -> list[Path]:
 
 def staged_frames(path: Path | None) -> bytes:
     """The frame bytes a stage file holds, read only (for an offline ``status``)."""
+    return read_stage(path)[2]
+
+
+def read_stage(path: Path | None) -> tuple[int, int, bytes]:
+    """(segment number, offset, frame bytes) of a stage file, read only; -1, -1, b"" where
+    there is none."""
     try:
         data = path.read_bytes() if path is not None else b""
     except OSError:
-        return b""
-    return _parse(data)[2]
+        return -1, -1, b""
+    return _parse(data) if data else (-1, -1, b"")
+
+
+def fits(folder: Path, number: int, offset: int, data: bytes) -> bool:
+    """Whether frames staged for ``offset`` of segment ``number`` in ``folder`` go back there
+    exactly: it is the newest segment (or there is none) and holds, after ``offset``, nothing
+    or a first part of ``data`` (a flush cut off)."""
+    newest = max(folder.glob("*.seg"), default=None)
+    path = folder / f"{number:016d}.seg"
+    if number < 0 or (newest is not None and newest != path):
+        return False
+    try:
+        with open(path, "rb") as segment:
+            size = os.fstat(segment.fileno()).st_size
+            segment.seek(offset)
+            tail = segment.read()
+    except FileNotFoundError:
+        tail, size = b"", 0
+    except OSError:  # unreadable: the frames are queued again instead
+        return False
+    return size >= offset and data.startswith(tail)

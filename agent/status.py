@@ -127,6 +127,12 @@ def format_status(status: dict) -> str:
             lines.append(
                 f"  queued          {out['queued']} points, {out['queued_bytes'] / 1e6:.2f} MB"
             )
+            if out.get("in_ram"):
+                lines.append(
+                    f"  in RAM only     {out['in_ram']} of the queued points (not yet on the card:"
+                    " a reboot loses them; the next flush or start writes them, if the card"
+                    " has room)"
+                )
             lines.append(f"  oldest queued   {_when(out.get('oldest_queued'))}")
             lines.append(f"  last delivery   {_when(out.get('last_delivery'))}")
             lines.append(f"  delivered       {out.get('delivered', 0)}")
@@ -134,11 +140,6 @@ def format_status(status: dict) -> str:
             lines.append(f"  dropped         {out.get('dropped', 0)}")
             for reason, count in sorted((out.get("dropped_by") or {}).items()):
                 lines.append(f"    {count} {DROP_REASONS.get(reason, reason)}")
-            if out.get("in_ram"):
-                lines.append(
-                    f"  in RAM only     {out['in_ram']} of them (not yet on the card, which "
-                    "refused them: a reboot loses them; free some space)"
-                )
             if out.get("lost"):
                 lines.append(f"  lost (disk)     {out['lost']} (the disk refused to queue them)")
             for db, why in sorted((out.get("held") or {}).items()):

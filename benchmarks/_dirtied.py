@@ -50,13 +50,15 @@ class Dirtied:
     threads and children) dirty; :meth:`pages` after they exit."""
 
     def __init__(self, name: str) -> None:
+        self.mounted = False
         if not (TRACEFS / "instances").is_dir() and os.geteuid() == 0:
-            subprocess.run(
+            done = subprocess.run(
                 ["mount", "-t", "tracefs", "nodev", str(TRACEFS)], capture_output=True, check=False
             )
+            self.mounted = done.returncode == 0  # unmounted again by close()
         self.dir = TRACEFS / "instances" / name
-        self.dir.mkdir()  # OSError where there is no tracefs or no permission
         try:
+            self.dir.mkdir()  # OSError where there is no tracefs or no permission
             for setting, value in (
                 ("trace_clock", "mono"),  # the timestamps are time.monotonic()'s
                 ("buffer_size_kb", "16384"),
@@ -80,13 +82,15 @@ class Dirtied:
             (self.dir / EVENT).write_text("1")
             self.enabled = True
 
-    def pages(self) -> list[tuple[int, float, int]]:
-        """(process id, monotonic time, inode) of every page dirtied, once they have exited."""
+    def pages(self) -> list[tuple[int, float, int]] | None:
+        """(process id, monotonic time, inode) of every page dirtied, once they have exited;
+        None (and a line saying so) when the trace buffer overflowed."""
         (self.dir / EVENT).write_text("0")
         text = (self.dir / "trace").read_text()
         header = re.search(r"entries-in-buffer/entries-written: (\d+)/(\d+)", text)
         if header and header.group(1) != header.group(2):
-            raise RuntimeError(f"{self.dir}: trace buffer overflowed ({header.group(0)})")
+            print(f"  {self.dir}: trace buffer overflowed ({header.group(0)}): not used")
+            return None
         return [
             (int(m.group(1)), float(m.group(2)), int(m.group(3)))
             for m in map(_LINE.search, text.splitlines())
@@ -98,6 +102,8 @@ class Dirtied:
             self.dir.rmdir()
         except OSError:
             pass
+        if self.mounted:
+            subprocess.run(["umount", str(TRACEFS)], capture_output=True, check=False)
 
 
 def metadata_pages(

@@ -965,7 +965,7 @@ def test_a_stage_set_aside_while_an_earlier_one_waits_overwrites_it_not_and_both
     waiting = stage_file(tmp_path).with_name(stage_file(tmp_path).name + ".old")
     waiting.write_bytes(stage_file(other).read_bytes())  # set aside, not queued yet (card full)
     stats = read_stats(tmp_path, "q")
-    assert stats is not None and (stats.queued, stats.in_ram) == (8, 3)
+    assert stats is not None and (stats.queued, stats.in_ram) == (11, 6)  # all that drains
     q = DurableQueue(tmp_path, "q")
     got = [ln for _, ln in drain(q)]
     assert sorted(got) == sorted(line(i) for i in [*range(6), *range(100, 103), 200, 201])
@@ -1015,13 +1015,89 @@ def test_points_the_card_refused_to_take_from_ram_are_counted_as_only_in_ram(tmp
     q.close()
 
 
+def test_with_a_flush_every_append_a_full_card_keeps_the_points_in_ram_once_not_refused(
+    tmp_path, monkeypatch
+):
+    q = DurableQueue(tmp_path, "q", sync_interval=0)
+    q.append([("a", line(0))])
+    monkeypatch.setattr(buffer.os, "write", card_full(q._fd))
+    q.append([("a", line(1))])  # queued in RAM: not an error to the caller
+    with pytest.raises(OSError, match="not queued"):  # the next tries the card, which is full
+        q.append([("a", line(2))])
+    assert (q.stats().queued, q.stats().in_ram) == (2, 1)
+    q.close()  # the last flush fails too: the stage stays in RAM
+    monkeypatch.undo()
+    for _ in range(2):  # restarts queue nothing twice
+        q = DurableQueue(tmp_path, "q", sync_interval=0)
+        assert q.stats().queued == 2
+        q.close()
+    q = DurableQueue(tmp_path, "q")
+    assert [ln for _, ln in drain(q)] == [line(i) for i in range(2)]
+    q.close()
+
+
+def test_points_delivered_from_ram_are_not_counted_as_only_in_ram(tmp_path, monkeypatch):
+    q = DurableQueue(tmp_path, "q", sync_interval=3600)
+    q.append([("a", line(0))])
+    q.sync()
+    q.append([("b", line(i)) for i in range(1, 4)])
+    q.append([("a", line(4))])
+    monkeypatch.setattr(buffer.os, "write", card_full(q._fd))
+    with pytest.raises(OSError, match="No space left"):
+        q.sync()
+    assert (q.stats().queued, q.stats().in_ram) == (5, 4)
+    q.remove(q.peek(10, 1 << 20, exclude=frozenset({"a"})))  # b's points, from RAM
+    assert (q.stats().queued, q.stats().in_ram) == (2, 1)
+    monkeypatch.undo()
+    q.close()
+
+
+def test_points_set_aside_that_cannot_be_queued_again_are_counted_as_queued_in_ram(
+    tmp_path, monkeypatch
+):
+    other = tmp_path / "other"
+    other.mkdir()
+    crash_after(other, 'q.append([("a", line(i)) for i in range(100, 103)])')
+    DurableQueue(tmp_path, "q").close()
+    waiting = stage_file(tmp_path).with_name(stage_file(tmp_path).name + ".old")
+    waiting.write_bytes(stage_file(other).read_bytes())
+
+    def full(self, items):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(DurableQueue, "append", full)
+    q = DurableQueue(tmp_path, "q")
+    assert (q.stats().queued, q.stats().in_ram) == (3, 3)
+    q.close()
+    assert waiting.exists()  # kept for the next start
+    monkeypatch.undo()
+    q = DurableQueue(tmp_path, "q")
+    assert [ln for _, ln in drain(q)] == [line(i) for i in range(100, 103)]
+    q.close()
+
+
+def test_a_ram_directory_named_twice_does_not_take_the_live_stage_for_a_leftover(
+    tmp_path, monkeypatch
+):
+    real = tmp_path / "run"
+    real.mkdir()
+    (tmp_path / "var-run").symlink_to(real)
+    monkeypatch.setattr(ramfiles, "ram_dirs", lambda: [tmp_path / "var-run", real])
+    state = tmp_path / "state"
+    state.mkdir()
+    q = DurableQueue(state, "q", sync_interval=3600)
+    q.append([("a", line(0))])
+    assert stage_file(state).exists() and stage_file(state).stat().st_size > 0
+    q.close()
+
+
 def test_an_offline_status_counts_what_a_crash_left_staged_as_only_in_ram(tmp_path):
     crash_after(tmp_path, 'q.append([("a", line(i)) for i in range(4)])\nq.sync()\n'
                 'q.append([("a", line(i)) for i in range(4, 7)])')  # fmt: skip
     stats = read_stats(tmp_path, "q")
     assert stats is not None and (stats.queued, stats.in_ram) == (7, 3)
     text = format_status({"outputs": {"influx": {"kind": "queued", **dataclasses.asdict(stats)}}})
-    assert "in RAM only     3 of them" in text
+    assert "in RAM only     3 of the queued points" in text
 
 
 def test_a_failed_flush_still_records_the_head_so_a_restart_resends_nothing_delivered(
