@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from agent import ramfiles
 from agent.buffer import DurableQueue, read_stats
 from agent.status import collect, write_snapshot
 
 
+def folders(base: Path, *names: str) -> list[Path]:
+    """Empty folders under ``base``: RAM directories and a state_dir."""
+    made = [base / name for name in names]
+    for folder in made:
+        folder.mkdir()
+    return made
+
+
 def test_status_reads_the_snapshot_where_the_service_wrote_it_not_where_the_user_could(
     tmp_path, monkeypatch
 ):
-    mine, services = tmp_path / "mine", tmp_path / "run-sensorkit"
-    mine.mkdir()
-    services.mkdir()
-    state = tmp_path / "state"
-    state.mkdir()
+    mine, services, state = folders(tmp_path, "mine", "run-sensorkit", "state")
     monkeypatch.setattr(ramfiles, "ram_dirs", lambda: [services])
     written = ramfiles.runtime_path(state, "status.json")
     write_snapshot(written, {"pid": os.getpid(), "time": time.time(), "outputs": {}, "sensors": {}})
@@ -31,11 +36,7 @@ def test_status_reads_the_snapshot_where_the_service_wrote_it_not_where_the_user
 def test_a_stale_snapshot_left_in_another_ram_directory_does_not_hide_the_live_one(
     tmp_path, monkeypatch
 ):
-    kept, manual = tmp_path / "run-sensorkit", tmp_path / "shm"
-    kept.mkdir()
-    manual.mkdir()
-    state = tmp_path / "state"
-    state.mkdir()
+    kept, manual, state = folders(tmp_path, "run-sensorkit", "shm", "state")
     monkeypatch.setattr(ramfiles, "ram_dirs", lambda: [kept, manual])
     stale = ramfiles.ram_candidates(state, "status.json")[0]
     write_snapshot(stale, {"pid": 2**22 + 1, "time": time.time() - 3600})  # a kill -9 left it
@@ -47,11 +48,7 @@ def test_a_stale_snapshot_left_in_another_ram_directory_does_not_hide_the_live_o
 
 
 def test_an_offline_status_counts_points_set_aside_in_any_ram_directory(tmp_path, monkeypatch):
-    services, mine = tmp_path / "run-sensorkit", tmp_path / "shm"
-    services.mkdir()
-    mine.mkdir()
-    state = tmp_path / "state"
-    state.mkdir()
+    services, mine, state = folders(tmp_path, "run-sensorkit", "shm", "state")
     monkeypatch.setattr(ramfiles, "ram_dirs", lambda: [services])
     queue = DurableQueue(state, "influx", sync_interval=3600)
     queue.append([("a", f"data v={i}i {1_700_000_000 + i}") for i in range(3)])
