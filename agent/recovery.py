@@ -48,7 +48,7 @@ class QueueStats:
     dropped_by: dict[str, int] = field(default_factory=dict)  # reason -> points
     delivered: int = 0
     last_delivery: float | None = None
-    in_ram: int = 0  # of ``queued``: only in RAM (the card refused them, or a crash left them)
+    in_ram: int = 0  # of ``queued``: only in RAM (a refused flush, a crash, a stage set aside)
 
 
 def make_stats(
