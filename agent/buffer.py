@@ -60,7 +60,7 @@ from agent.recovery import (
     survey,
 )
 from agent.segments import Damage, Frame, Trailer
-from agent.stage import Stage, fits, set_aside_stages, staged_frames
+from agent.stage import Stage, fits, left_in_ram, set_aside_path, set_aside_stages, staged_frames
 
 log = logging.getLogger("sensorkit.buffer")
 
@@ -306,20 +306,10 @@ class DurableQueue:
             if restored:
                 stage.clear()
             else:
-                os.replace(path, self._requeue_path(path))
+                os.replace(path, set_aside_path(path))
                 stage.close()
                 stage = Stage(path)
         return stage
-
-    @staticmethod
-    def _requeue_path(stage: Path) -> Path:
-        """A free name to set ``stage`` aside under: one set aside before whose points could
-        not be queued yet (a full card) must not be overwritten."""
-        path, n = stage.with_name(stage.name + ".old"), 0
-        while path.exists():
-            n += 1
-            path = stage.with_name(f"{stage.name}.old.{n}")
-        return path
 
     def _restore(self, number: int, offset: int, data: bytes) -> bool:
         """Write frames a crash left staged at ``offset`` of segment ``number``, if that is
@@ -359,9 +349,8 @@ class DurableQueue:
                 continue  # the same directory by another name: that is the live stage
             if not os.access(path.parent, os.W_OK):
                 continue  # one this run cannot remove would be queued again at every start
-            for left in [path, *set_aside_stages(path)]:
-                if left.exists():
-                    self._requeue_from(left)
+            for left in left_in_ram(path):
+                self._requeue_from(left)
         for left in set_aside_stages(here):
             self._requeue_from(left)
 

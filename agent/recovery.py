@@ -24,7 +24,7 @@ from agent.intervals import Intervals
 from agent.quarantine import count_quarantined, held_from, legacy_counters, settled_from
 from agent.ramfiles import existing_path, ram_candidates
 from agent.segments import Damage, Frame, Trailer
-from agent.stage import fits, read_stage, set_aside_stages
+from agent.stage import fits, left_in_ram, read_stage
 
 log = logging.getLogger("sensorkit.buffer")
 
@@ -561,9 +561,8 @@ def _ram_stages(directory: Path, name: str) -> list[Path]:
     """Every stage file of this queue in RAM: staged and set aside, each directory once."""
     found: dict[Path, Path] = {}
     for stage in ram_candidates(directory, f"{name}.stage"):
-        for path in [stage, *set_aside_stages(stage)]:
-            if path.exists():
-                found.setdefault(path.resolve(), path)
+        for path in left_in_ram(stage):
+            found.setdefault(path.resolve(), path)
     return list(found.values())
 
 

@@ -109,6 +109,21 @@ def _parse(data: bytes) -> tuple[int, int, bytes]:
     return -1, -1, rest if data.startswith(b"#stage") else data
 
 
+def set_aside_path(stage: Path) -> Path:
+    """A free name to set ``stage`` aside under (``.old``, else ``.old.1``, ...): one set aside
+    before whose points could not be queued yet (a full card) must not be overwritten."""
+    path, n = stage.with_name(stage.name + ".old"), 0
+    while path.exists():
+        n += 1
+        path = stage.with_name(f"{stage.name}.old.{n}")
+    return path
+
+
+def left_in_ram(stage: Path) -> list[Path]:
+    """The stage file ``stage``, where it exists, and the stages set aside from it."""
+    return [stage, *set_aside_stages(stage)] if stage.exists() else set_aside_stages(stage)
+
+
 def set_aside_stages(stage: Path) -> list[Path]:
     """The stages set aside from ``stage`` (``.old``, ``.old.1``, ...) to be queued again,
     oldest first."""

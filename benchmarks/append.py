@@ -203,18 +203,14 @@ def finish(run: dict, dirtied: list | None, device: int) -> dict:
     whole_io = max(0, usage.ru_oublock * 512 - run["last"]["cancelled_write_bytes"])
     steady_s = run["last_t"] - run["first_t"]
     steady_io = net(run["last"]) - net(run["first"])
-    if dirtied is None:
-        meta_steady = meta_whole = 0
-    else:
+    meta_steady = meta_whole = 0
+    files: dict[str, int] = {}
+    if dirtied is not None:
         pids = {run["proc"].pid, run["pid"]}
         meta_steady = PAGE * metadata_pages(dirtied, pids, device, run["first_t"], run["last_t"])
         meta_whole = PAGE * metadata_pages(dirtied, pids, device, 0.0, float("inf"))
+        files = pages_by_file(dirtied, pids, run["work"], run["first_t"], run["last_t"])
     steady, whole = steady_io - meta_steady, whole_io - meta_whole
-    files = (
-        pages_by_file(dirtied, pids, run["work"], run["first_t"], run["last_t"])
-        if dirtied is not None
-        else {}
-    )
     lines = line_bytes(run["console"], run["first_wall"], run["last_wall"])
     syncs = fdatasyncs(run["trace"], run["first_wall"], run["last_wall"])
     snapshot = snapshot_path(run["work"] / "state")
